@@ -1,0 +1,3 @@
+"""crrelu-lightning: activation-function research with PyTorch Lightning (CRReLU, EAFO, WAFBC)."""
+
+__version__ = "0.1.0"

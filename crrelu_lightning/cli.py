@@ -1,0 +1,81 @@
+"""Command-line entry point: ``crrelu-lightning`` / ``python -m crrelu_lightning``.
+
+``fit``/``validate``/``test``/``predict`` go to LightningCLI (models and datamodules are chosen by
+``class_path`` in YAML, any LightningModule / LightningDataModule subclass works). A few extra tools
+are dispatched before LightningCLI parses anything:
+
+    crrelu-lightning data fetch NAME     fetch an offline dataset (see ``data --help``)
+    crrelu-lightning eafo ...            static EAFO table and plot
+    crrelu-lightning compare ...         activation × seed comparison runner
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Dict, List, Optional
+
+# name -> "module:function"; each function takes argv (without the command name) and returns an exit code.
+EXTRA_COMMANDS: Dict[str, str] = {
+    "data": "crrelu_lightning.data.fetch:main",
+    "eafo": "crrelu_lightning.eafo_cli:main",
+    "compare": "crrelu_lightning.compare.cli:main",
+}
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "lightning_logs", "name": "default"},
+    },
+}
+
+
+def _load(target: str) -> Callable[[List[str]], int]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _make_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class CRReLUCLI(LightningCLI):
+        """LightningCLI with the project's defaults (TensorBoard logger, config saved with the run)."""
+
+        pass
+
+    return CRReLUCLI
+
+
+def cli_main(args: Optional[List[str]] = None, run: bool = True):
+    """Build the LightningCLI (exposed for tests: ``cli_main([...], run=False)`` instantiates only)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    import crrelu_lightning.activations  # noqa: F401  (registry populated before configs are parsed)
+
+    cli_class = _make_cli_class()
+    return cli_class(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        return int(_load(EXTRA_COMMANDS[argv[0]])(argv[1:]) or 0)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n")
+    # LightningCLI reads sys.argv itself when args is None (passing both triggers a warning).
+    cli_main(None if from_sys else argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
