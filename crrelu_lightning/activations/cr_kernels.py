@@ -5,7 +5,8 @@ Implementations (``impl``):
 - ``"compiled"``: the same Function with its forward/backward bodies compiled by ``torch.compile``
   (Inductor: C++ on CPU, Triton on CUDA). Falls back to eager, with one warning, if compilation fails.
 - ``"reference"``: the plain expression differentiated by autograd (the paper's; keeps ~3 extra tensors).
-- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``.
+- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``. Setting the
+  environment variable ``CRRELU_DISABLE_COMPILE=1`` makes ``"auto"`` mean ``"eager"`` (tests, debugging).
 
 Half-precision inputs are computed in float32 and cast back; ε stays float32 (or float64).
 """
@@ -60,7 +61,7 @@ def _compile_enabled() -> bool:
 
 def _get_compiled(kind: str, base: str, device_type: str) -> Optional[Callable]:
     """Compiled body for (kind, base, device type), or None if compilation is unavailable."""
-    if _compile_failed.get(device_type) or not _compile_enabled():
+    if _compile_failed.get(device_type):
         return None
     key = (kind, base, device_type)
     fn = _compiled.get(key)

@@ -1,0 +1,17 @@
+"""Shared test settings.
+
+torch.compile is switched off for ``impl="auto"`` so model-level tests don't pay Inductor's
+compile time; kernel tests request ``impl="compiled"`` explicitly and still exercise it.
+"""
+import os
+
+os.environ.setdefault("CRRELU_DISABLE_COMPILE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)
+    yield
