@@ -1,0 +1,21 @@
+"""Lightning callbacks of crrelu-lightning.
+
+Exports resolve lazily (PEP 562) so that importing one callback does not import the others' dependencies.
+"""
+from typing import Any
+
+# name -> module that defines it; add new callbacks here.
+_EXPORTS = {
+    "ActivationEntropyMonitor": "callbacks.entropy_monitor",
+    # EAFO engineer: "EAFOCallback": "callbacks.eafo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
