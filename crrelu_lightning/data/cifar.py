@@ -1,0 +1,94 @@
+"""CIFAR-10 / CIFAR-100 from the official python pickle layouts, held in memory as uint8.
+
+``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (keys ``data`` N×3072, ``labels``) and
+``ROOT/cifar-100-python/{train, test}`` (keys ``data``, ``fine_labels``). Rows are channel-major
+(1024 R, 1024 G, 1024 B), so ``data.reshape(N, 3, 32, 32)`` is already NCHW.
+Downloads (through torchvision) only when ``download=True``.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crrelu_lightning.data.base import VisionDataModule
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def read_cifar_batches(files: List[Path], label_key: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate official CIFAR pickle batches into ``(N, 3, 32, 32)`` uint8 and int64 labels."""
+    xs, ys = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")  # written by Python 2: keys are bytes
+        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+class _CIFARBase(VisionDataModule):
+    mean, std = CIFAR_MEAN, CIFAR_STD
+    folder = ""
+    train_files: Tuple[str, ...] = ()
+    test_files: Tuple[str, ...] = ()
+    label_key = ""
+
+    def __init__(self, root: str = "data", download: bool = False, **kwargs) -> None:
+        super().__init__(root=root, **kwargs)
+        self.download = download
+        self.fetch_hint = (
+            f"set `download: true` where the network allows, or place the official {self.folder}/ under {root}"
+        )
+
+    def _files(self, names) -> List[Path]:
+        return [self.root / self.folder / n for n in names]
+
+    def prepare_data(self) -> None:
+        missing = [f for f in self._files(self.train_files + self.test_files) if not f.is_file()]
+        if missing and self.download:
+            self._download()
+        elif missing:
+            raise self.missing_root_error(missing[0])
+
+    def _download(self) -> None:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if self.num_classes == 10 else torchvision.datasets.CIFAR100
+        cls(str(self.root), train=True, download=True)
+
+    def train_pool(self, augment: bool) -> Dataset:
+        if not hasattr(self, "_train_arrays"):
+            self.prepare_data()
+            self._train_arrays = read_cifar_batches(self._files(self.train_files), self.label_key)
+        return self.array_dataset(*self._train_arrays, augment=augment)
+
+    def test_set(self) -> Dataset:
+        self.prepare_data()
+        return self.array_dataset(*read_cifar_batches(self._files(self.test_files), self.label_key), augment=False)
+
+
+class CIFAR10DataModule(_CIFARBase):
+    """CIFAR-10 (50k/10k, 32×32 RGB, 10 classes) from ``ROOT/cifar-10-batches-py``."""
+
+    num_classes = 10
+    folder = "cifar-10-batches-py"
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
+    label_key = "labels"
+
+
+class CIFAR100DataModule(_CIFARBase):
+    """CIFAR-100 (50k/10k, 32×32 RGB, 100 fine classes) from ``ROOT/cifar-100-python``."""
+
+    num_classes = 100
+    folder = "cifar-100-python"
+    train_files = ("train",)
+    test_files = ("test",)
+    label_key = "fine_labels"

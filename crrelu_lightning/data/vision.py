@@ -1,0 +1,114 @@
+"""Image datamodules for configs: ``crrelu_lightning.data.vision.<Class>``.
+
+Defined here: ``FashionMNISTDataModule`` and ``SyntheticImageDataModule``; re-exported: the CIFAR and
+ImageFolder datamodules and the ``VisionDataModule`` base (see ``data/base.py`` for extending).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from crrelu_lightning.data.base import ArrayImageDataset, VisionDataModule
+from crrelu_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from crrelu_lightning.data.idx import read_idx
+from crrelu_lightning.data.imagefolder import ImageFolderDataModule
+
+
+class SyntheticImageDataModule(VisionDataModule):
+    """Learnable random images for tests: class template ``t_k ~ U(0, 1)`` plus noise ``σ·N(0, 1)``, clipped."""
+
+    def __init__(
+        self,
+        num_train: int = 256,
+        num_test: int = 64,
+        num_classes: int = 4,
+        img_size: int = 16,
+        in_chans: int = 1,
+        noise: float = 0.2,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("augment", "none")
+        super().__init__(**kwargs)
+        self.num_train, self.num_test, self.num_classes = num_train, num_test, num_classes
+        self.img_size, self.in_chans, self.noise = img_size, in_chans, noise
+        self.mean, self.std = (0.5,) * in_chans, (0.25,) * in_chans
+
+    def _make(self, n: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        templates = torch.rand(self.num_classes, self.in_chans, self.img_size, self.img_size, generator=g)
+        g.manual_seed(self.seed + offset)
+        y = torch.randint(0, self.num_classes, (n,), generator=g)
+        x = templates[y] + self.noise * torch.randn(n, *templates.shape[1:], generator=g)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+    def train_pool(self, augment: bool) -> Dataset:
+        return self.array_dataset(*self._make(self.num_train, 1), augment=augment)
+
+    def test_set(self) -> Dataset:
+        return self.array_dataset(*self._make(self.num_test, 2), augment=False)
+
+
+FMNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class FashionMNISTDataModule(VisionDataModule):
+    """Fashion-MNIST (60k train / 10k test, 28×28 grey, 10 classes), all in memory as uint8.
+
+    Reads ``ROOT/FashionMNIST/raw/<name>`` (torchvision layout, uncompressed or ``.gz``), ``ROOT/<name>[.gz]``,
+    or the Debian package's ``/usr/share/datasets/fashion-mnist/<name>.gz``. Pixel mean/std 0.2860/0.3530.
+    """
+
+    mean = (0.2860,)
+    std = (0.3530,)
+    num_classes = 10
+    fetch_hint = "crrelu-lightning data fetch fashion-mnist --root data"
+
+    def __init__(self, root: str = "data", use_system_package: bool = True, **kwargs) -> None:
+        super().__init__(root=root, **kwargs)
+        self.use_system_package = use_system_package
+
+    def _find(self, name: str) -> Path:
+        dirs = [self.root / "FashionMNIST" / "raw", self.root]
+        if self.use_system_package:
+            dirs.append(DEBIAN_FMNIST_DIR)
+        for d in dirs:
+            for cand in (d / name, d / f"{name}.gz"):
+                if cand.is_file():
+                    return cand
+        raise self.missing_root_error(self.root / "FashionMNIST" / "raw" / name)
+
+    def prepare_data(self) -> None:
+        for train in (True, False):  # fail at once, before the trainer does anything else
+            for name in FMNIST_FILES[train]:
+                self._find(name)
+
+    def _load(self, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        img_f, lab_f = FMNIST_FILES[train]
+        images, labels = read_idx(self._find(img_f)), read_idx(self._find(lab_f))
+        return images.unsqueeze(1), labels.long()
+
+    def train_pool(self, augment: bool) -> Dataset:
+        if not hasattr(self, "_train_arrays"):
+            self._train_arrays = self._load(True)
+        return self.array_dataset(*self._train_arrays, augment=augment)
+
+    def test_set(self) -> Dataset:
+        return self.array_dataset(*self._load(False), augment=False)
+
+
+__all__ = [
+    "ArrayImageDataset",
+    "VisionDataModule",
+    "SyntheticImageDataModule",
+    "FashionMNISTDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "ImageFolderDataModule",
+]
