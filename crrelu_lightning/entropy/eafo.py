@@ -251,6 +251,25 @@ def min_slope_on_branch(base: str, eps: float, cr_sigma: float, b0: float) -> fl
     return float(np.min(cr_slope(base, x, eps, cr_sigma)))
 
 
+def monotone_eps_interval(
+    base: str, cr_sigma: float = 1.0, slope_floor: float = _DEFAULT_SLOPE_FLOOR
+) -> Tuple[float, float]:
+    """Open ε interval on which f_ε' = g' + ε·k_σ' > 0 on the whole branch (b0, ∞).
+
+    ε > −g'/k' where k' > 0 and ε < −g'/k' where k' < 0; for ReLU this is (−1, e^{3/2}/2) for every σ.
+    """
+    b0 = branch_cut(base, slope_floor)
+    x = np.linspace(b0, b0 + 12.0 * cr_sigma + 12.0, 200001)
+    x[0] = np.nextafter(b0, math.inf)
+    g = base_slope(base, x)
+    k = cr_math.correction_derivative(_t(x), cr_sigma).numpy()
+    with np.errstate(divide="ignore"):
+        ratio = -g / k
+    lo = float(np.max(ratio[k > 0])) if np.any(k > 0) else -math.inf
+    hi = float(np.min(ratio[k < 0])) if np.any(k < 0) else math.inf
+    return lo, hi
+
+
 # --------------------------------------------------------------------------- branch entropy
 def branch_record(
     base: str,
