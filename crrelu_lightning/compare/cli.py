@@ -1,0 +1,222 @@
+"""``crrelu-lightning compare``: every activation × seed as an ordinary fit run, then a table and plots.
+
+    crrelu-lightning compare --config configs/demo.yaml --activations gelu,crrelu --seeds 0,1,2 \\
+        [--out runs/compare/NAME] [--parallel K] [--threads-per-run T] [--max-steps N] [--test] \\
+        [--activation-kwargs 'crrelu:{"eps": 0.05}'] [--extra=--trainer.max_epochs=3 ...] [-- EXTRA ARGS]
+
+Rerunning the same command resumes: finished runs are skipped, unfinished ones restart from their
+``last.ckpt``. Exit code 0 when every run succeeded, 1 when some failed (the report is written anyway),
+2 for bad arguments. See docs/compare.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from crrelu_lightning.compare import collect, plots, report, runner
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crrelu-lightning compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", required=True, type=Path, help="the fit config shared by every run")
+    p.add_argument("--activations", required=True,
+                   help="comma-separated registry names; LABEL=NAME gives a row its own label "
+                        "(e.g. crrelu_e05=crrelu with --activation-kwargs crrelu_e05:{...})")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default 0,1,2)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/compare/<config name>)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--threads-per-run", type=int, help="OMP/torch threads per run (default: cores // parallel)")
+    p.add_argument("--gpus", default="", help="comma-separated GPU ids; run slot i sees gpus[i %% len] only")
+    p.add_argument("--max-steps", type=int, help="same optimizer-step budget for every run (--trainer.max_steps)")
+    p.add_argument("--test", action="store_true", help="after fit, run `test` on each run's best checkpoint")
+    p.add_argument("--extra", action="append", default=[],
+                   help="extra fit/test arguments, e.g. --extra=--trainer.max_epochs=3 (repeatable; shell-split)")
+    p.add_argument("--activation-kwargs", action="append", default=[], metavar="LABEL:JSON",
+                   help='keyword arguments for one activation, e.g. \'crrelu:{"eps": 0.05}\' (repeatable)')
+    p.add_argument("--metric", help="validation tag to rank by (default: a val*acc* tag, else val*loss*)")
+    p.add_argument("--mode", choices=("min", "max"), help="whether --metric is better low or high")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--run-timeout", type=float, help="seconds before a run is killed and recorded as failed")
+    p.add_argument("--activation-key", default="model.activation", help="config key of the activation name")
+    p.add_argument("--kwargs-key", default="model.activation_kwargs", help="config key of the activation kwargs")
+    p.add_argument("--no-check-activations", action="store_true",
+                   help="don't check names against the registry (activations registered by your own module)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the table and plots")
+    p.add_argument("--dry-run", action="store_true", help="print each run's fit command and exit")
+    return p
+
+
+def parse_activations(text: str, check: bool) -> List[Tuple[str, str]]:
+    """``"gelu,lbl=crrelu"`` -> ``[("gelu", "gelu"), ("lbl", "crrelu")]``; labels must be unique and path-safe."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--activations is empty: {text!r}")
+    out = []
+    for item in items:
+        label, _, name = item.partition("=")
+        name = name.strip() or label.strip()
+        label = label.strip()
+        if not _LABEL.match(label):
+            raise ValueError(f"bad activation label {label!r}: use letters, digits and _ . + - (it names a folder)")
+        out.append((label, name))
+    labels = [l for l, _ in out]
+    dupes = sorted({l for l in labels if labels.count(l) > 1})
+    if dupes:
+        raise ValueError(f"activation labels repeated: {dupes}; give variants their own LABEL=NAME")
+    if check:
+        from crrelu_lightning.activations import available_activations
+
+        known = set(available_activations())
+        unknown = [n for _, n in out if n.strip().lower().replace("-", "_") not in known]
+        if unknown:
+            raise ValueError(f"unknown activation(s) {unknown}. Registered: {', '.join(sorted(known))}. "
+                             "(Use --no-check-activations for names your own module registers.)")
+    return out
+
+
+def parse_seeds(text: str) -> List[int]:
+    seeds: List[int] = []
+    for part in (t.strip() for t in text.split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad seed {part!r} in --seeds {text!r}: use integers or ranges like 0-4")
+        lo, hi = int(m.group(1)), int(m.group(2)) if m.group(2) else int(m.group(1))
+        if hi < lo:
+            raise ValueError(f"empty seed range {part!r} in --seeds")
+        seeds += range(lo, hi + 1)
+    if not seeds:
+        raise ValueError(f"--seeds is empty: {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {seeds}")
+    return seeds
+
+
+def parse_kwargs(items: List[str], labels: List[str]) -> Dict[str, Dict[str, Any]]:
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items:
+        label, sep, text = item.partition(":")
+        if not sep:
+            raise ValueError(f"--activation-kwargs {item!r} must look like LABEL:JSON, e.g. 'crrelu:{{\"eps\": 0.05}}'")
+        if label not in labels:
+            raise ValueError(f"--activation-kwargs names {label!r}, which is not in --activations {labels}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--activation-kwargs for {label!r}: {text!r} is not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--activation-kwargs for {label!r} must be a JSON object, got {text!r}")
+        out[label] = value
+    return out
+
+
+def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.Settings:
+    config = a.config.expanduser().resolve()
+    if not config.is_file():
+        raise ValueError(f"--config {a.config} does not exist (looked at {config})")
+    for flag, value in (("--parallel", a.parallel), ("--threads-per-run", a.threads_per_run),
+                        ("--max-steps", a.max_steps), ("--run-timeout", a.run_timeout)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    extra = [x for e in a.extra for x in shlex.split(e)] + extra_tail
+    return runner.Settings(
+        config=config, out=(a.out or Path("runs/compare") / config.stem).expanduser().resolve(),
+        parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
+        test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
+        gpus=[g.strip() for g in a.gpus.split(",") if g.strip()], retry_failed=a.retry_failed,
+        run_timeout=a.run_timeout, metric=a.metric, mode=a.mode,
+    )
+
+
+def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], records: List[Dict[str, Any]],
+                  header: Dict[str, str]) -> List:
+    """results.csv, plots/*.png and summary.md under ``settings.out``; returns the plot paths."""
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_csv(records, out / "results.csv")
+    data: Dict[str, List[collect.Scalars]] = {}
+    for spec, rec in zip(specs, records):
+        data.setdefault(spec.label, [])
+        if rec["status"] == "ok":  # a crashed run's partial curve would bias the mean
+            data[spec.label].append(collect.read_scalars(spec.run_dir / "tb" / "fit"))
+    tags = sorted({t for runs in data.values() for s in runs for t in s})
+    metric = next((r["metrics"]["metric"] for r in records if r["metrics"].get("metric")), None)
+    val = [t for t in tags if re.match(r"^(val|valid|validation)[/_]", t) and not collect.is_trace_tag(t)]
+    val.sort(key=lambda t: (t != metric, t))  # primary metric first
+    train = [t for t in tags if t.startswith("train") and not collect.is_trace_tag(t)]
+    made = [
+        plots.plot_tags(data, val, out / "plots" / "validation.png", "validation metrics vs step"),
+        plots.plot_tags(data, train, out / "plots" / "train.png", "training metrics vs step"),
+        plots.plot_tags(data, [t for t in tags if collect.is_entropy_tag(t)], out / "plots" / "entropy.png",
+                        "per-layer activation entropy"),
+        plots.plot_tags(data, [t for t in tags if collect.is_eps_tag(t)], out / "plots" / "eps.png",
+                        "ε over training"),
+    ]
+    made = [p for p in made if p is not None]
+    report.write_summary(records, out / "summary.md", header, plots=made)
+    return made
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: List[str] = []
+    if "--" in argv:  # everything after a bare -- goes to every fit/test command unchanged
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args, tail)
+        activations = parse_activations(args.activations, check=not args.no_check_activations)
+        seeds = parse_seeds(args.seeds)
+        kwargs = parse_kwargs(args.activation_kwargs, [l for l, _ in activations])
+    except ValueError as exc:
+        print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
+        return 2
+    specs = runner.plan(settings, activations, seeds, kwargs)
+    if args.dry_run:
+        for spec in specs:
+            print(shlex.join(["crrelu-lightning", *runner.cli_args(settings, spec, "fit")]))
+        return 0
+    header = {
+        "command": shlex.join(["crrelu-lightning", "compare", *argv] + (["--", *tail] if tail else [])),
+        "config": str(settings.config), "activations": ", ".join(l if l == n else f"{l}={n}" for l, n in activations),
+        "seeds": ", ".join(map(str, seeds)),
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()})",
+        "parallel": f"{settings.parallel} runs × {settings.threads()} threads"
+                    + (f", GPUs {','.join(settings.gpus)}" if settings.gpus else ""),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        if args.report_only:
+            runner.check_compatible(settings, specs)
+            records = [runner.load_done(s) for s in specs]
+            missing = [s for s, r in zip(specs, records) if r is None]
+            if missing:
+                print(f"compare: {len(missing)} of {len(specs)} runs are not finished; reporting the rest")
+            specs = [s for s, r in zip(specs, records) if r is not None]
+            records = [r for r in records if r is not None]
+        else:
+            records = runner.run_all(settings, specs)
+    except ValueError as exc:
+        print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compare: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    write_outputs(settings, specs, records, header)
+    n_failed = sum(r["status"] != "ok" for r in records)
+    print(f"compare: {len(records) - n_failed} ok, {n_failed} failed -> {settings.out / 'summary.md'}, "
+          f"{settings.out / 'results.csv'}")
+    return 1 if n_failed else 0

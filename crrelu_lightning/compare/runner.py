@@ -1,0 +1,448 @@
+"""Run every activation × seed as an ordinary ``crrelu-lightning fit`` subprocess, resumably, K at a time.
+
+Layout under ``OUT``::
+
+    runs/<label>/seed<S>/   fit.cmd, fit.stdout.log, fit.stderr.log, tb/fit/ (TensorBoard), checkpoints/,
+                            [test.cmd, test.*.log, tb/test/], done.json (written when the run is finished)
+
+A run with ``done.json`` is finished and skipped next time (failed ones too, unless ``retry_failed``);
+a run without it is (re)started, from ``checkpoints/last.ckpt`` when one exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from crrelu_lightning.compare import collect
+
+CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
+LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
+DONE = "done.json"
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the comparison: ``label`` names the row (usually the activation's registry name)."""
+
+    label: str
+    activation: str
+    seed: int
+    kwargs: Optional[Dict[str, Any]]
+    run_dir: Path
+
+
+@dataclass
+class Settings:
+    """Everything shared by all runs of one comparison (see ``crrelu-lightning compare --help``)."""
+
+    config: Path
+    out: Path
+    parallel: int = 1
+    threads_per_run: Optional[int] = None
+    max_steps: Optional[int] = None
+    extra: List[str] = field(default_factory=list)
+    test: bool = False
+    activation_key: str = "model.activation"
+    kwargs_key: str = "model.activation_kwargs"
+    gpus: List[str] = field(default_factory=list)
+    retry_failed: bool = False
+    run_timeout: Optional[float] = None
+    metric: Optional[str] = None
+    mode: Optional[str] = None
+    python: str = sys.executable
+
+    def threads(self) -> int:
+        # Split the cores evenly so K parallel runs don't oversubscribe (torch reads OMP_NUM_THREADS).
+        return self.threads_per_run or max(1, (os.cpu_count() or 1) // self.parallel)
+
+
+def plan(settings: Settings, activations: List[Tuple[str, str]], seeds: List[int],
+         kwargs: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    """Runs in seed-major order, so an interrupted comparison holds complete seeds first."""
+    return [
+        RunSpec(label, name, seed, kwargs.get(label), settings.out / "runs" / label / f"seed{seed}")
+        for seed in seeds
+        for label, name in activations
+    ]
+
+
+# ----------------------------------------------------------------------------------------- commands
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def config_callbacks(config: Path) -> Tuple[List[Any], bool]:
+    """The config's ``trainer.callbacks`` as a list, and whether checkpointing is enabled.
+
+    A ``trainer:`` given as a path to another YAML file is followed (relative to the config).
+    """
+    cfg = _load_yaml(config) or {}
+    trainer = cfg.get("trainer") or {}
+    if isinstance(trainer, str):
+        trainer = _load_yaml((config.parent / trainer).resolve()) or {}
+    callbacks = trainer.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        callbacks = [callbacks]
+    return callbacks, trainer.get("enable_checkpointing", True) is not False
+
+
+def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
+    """The config's callbacks with every ModelCheckpoint writing into ``run_dir`` (so runs don't collide).
+
+    The first checkpoint callback also saves ``last.ckpt`` unless the config says ``save_last: false``
+    (resume needs it; training is unaffected). With no checkpoint callback one is added. ``None`` means
+    "leave the config's callbacks alone" (checkpointing disabled and nothing to rewrite).
+    """
+    callbacks, enabled = config_callbacks(config)
+    out, n_ckpt = [], 0
+    for cb in callbacks:
+        cb = {"class_path": cb} if isinstance(cb, str) else json.loads(json.dumps(cb))
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            args = cb.setdefault("init_args", {}) or {}
+            cb["init_args"] = args
+            args["dirpath"] = str(run_dir / ("checkpoints" if n_ckpt == 0 else f"checkpoints_{n_ckpt}"))
+            if n_ckpt == 0 and args.get("save_last") is None:
+                args["save_last"] = True
+            n_ckpt += 1
+        out.append(cb)
+    if n_ckpt == 0:
+        if not enabled:
+            return None
+        out.append({"class_path": CHECKPOINT_CLASS,
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}})
+    return out
+
+
+def _trainer_overrides(settings: Settings, spec: RunSpec, version: str,
+                       callbacks: Optional[List[Any]]) -> List[str]:
+    logger = {"class_path": LOGGER_CLASS,
+              "init_args": {"save_dir": str(spec.run_dir), "name": "tb", "version": version}}
+    args = [f"--trainer.default_root_dir={spec.run_dir}", f"--trainer.logger={json.dumps(logger)}"]
+    if callbacks is not None:
+        args.append(f"--trainer.callbacks={json.dumps(callbacks)}")
+    if settings.max_steps is not None:
+        args.append(f"--trainer.max_steps={settings.max_steps}")
+    return args
+
+
+def cli_args(settings: Settings, spec: RunSpec, subcommand: str) -> List[str]:
+    """``SUBCOMMAND --config FILE --model.activation A --seed_everything S <run-local paths> <extra>``."""
+    callbacks = run_callbacks(settings.config, spec.run_dir)
+    args = [subcommand, "--config", str(settings.config), f"--{settings.activation_key}={spec.activation}"]
+    if spec.kwargs:
+        args.append(f"--{settings.kwargs_key}={json.dumps(spec.kwargs)}")
+    args.append(f"--seed_everything={spec.seed}")
+    args += _trainer_overrides(settings, spec, "fit" if subcommand == "fit" else subcommand, callbacks)
+    return args + list(settings.extra)  # user extras last: they may override anything above
+
+
+def _command(settings: Settings, args: List[str]) -> List[str]:
+    return [settings.python, "-m", "crrelu_lightning", *args]
+
+
+def best_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    """Best checkpoint of a finished fit: ``best_model_path`` from ``last.ckpt``'s ModelCheckpoint state,
+    else the only (or newest) non-last ``*.ckpt``, else ``last.ckpt``; ``None`` when there is none."""
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        import torch
+
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+        except Exception:  # a custom object in the checkpoint: fall back to the file names
+            state = {}
+        for key, cb in state.items():
+            if key.startswith("ModelCheckpoint") and isinstance(cb, dict) and cb.get("best_model_path"):
+                path = Path(cb["best_model_path"])
+                if path.exists():
+                    return path
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if not p.name.startswith("last")),
+                    key=lambda p: p.stat().st_mtime)
+    if others:
+        return others[-1]
+    return last if last.exists() else None
+
+
+# ----------------------------------------------------------------------------------------- execution
+_ERROR_LINE = re.compile(r"^\s*([\w.]*(Error|Exception|Interrupt|Exit)\b.*|.*\berror:.*)$")
+
+
+def error_message(tail: List[str]) -> str:
+    """The most telling line of a failed run's stderr: the last exception / ``error:`` line."""
+    for line in reversed(tail):
+        if _ERROR_LINE.match(line):
+            return line.strip()
+    lines = [l.strip() for l in tail if l.strip()]
+    return lines[-1] if lines else "no output on stderr"
+
+
+class _Processes:
+    """Live child processes, so Ctrl-C in the runner can stop them all."""
+
+    def __init__(self) -> None:
+        self.lock, self.live, self.stopping = threading.Lock(), set(), False
+
+    def stop_all(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.live)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _execute(cmd: List[str], run_dir: Path, name: str, env: Dict[str, str], timeout: Optional[float],
+             procs: _Processes) -> Tuple[Optional[int], float, List[str]]:
+    """Run ``cmd`` with stdout/stderr into ``<name>.stdout.log``/``<name>.stderr.log``.
+
+    Returns (exit code or ``None`` on timeout, wall seconds, last lines of stderr)."""
+    (run_dir / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
+    err_path = run_dir / f"{name}.stderr.log"
+    t0 = time.perf_counter()
+    with open(run_dir / f"{name}.stdout.log", "w") as out, open(err_path, "w") as err:
+        with procs.lock:
+            if procs.stopping:
+                raise KeyboardInterrupt
+            # Own session: a terminal Ctrl-C reaches only the runner, which marks the stop *before*
+            # terminating children, so an interrupted run is never recorded as a failure.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            procs.live.add(proc)
+        try:
+            rc: Optional[int] = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        finally:
+            with procs.lock:
+                procs.live.discard(proc)
+    wall = time.perf_counter() - t0
+    with open(err_path, errors="replace") as fh:
+        tail = fh.read().splitlines()[-TAIL_LINES:]
+    if procs.stopping:
+        raise KeyboardInterrupt
+    return rc, wall, tail
+
+
+def _env(settings: Settings, slot: int) -> Dict[str, str]:
+    env = dict(os.environ)
+    t = str(settings.threads())
+    env.update(OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, TORCHINDUCTOR_COMPILE_THREADS=t, PYTHONUNBUFFERED="1")
+    if settings.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = settings.gpus[slot % len(settings.gpus)]
+    return env
+
+
+def _failure(rc: Optional[int], tail: List[str], timeout: Optional[float]) -> str:
+    if rc is None:
+        return f"timed out after {timeout:g} s"
+    return f"exit code {rc}: {error_message(tail)}"
+
+
+def run_one(settings: Settings, spec: RunSpec, slot: int, procs: Optional[_Processes] = None) -> Dict[str, Any]:
+    """Fit (and test) one run, collect its metrics and write ``done.json``; returns that record."""
+    procs = procs or _Processes()
+    env = _env(settings, slot)
+    previous = load_done(spec)
+    if settings.test and previous and previous["status"] == "ok" and "test_command" not in previous:
+        # Finished fit, --test asked for only now: run just the test phase.
+        record = {k: v for k, v in previous.items() if k != "ran"}
+        _run_test(settings, spec, slot, env, record, procs)
+        _write_json(spec.run_dir / DONE, record)
+        return record
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / DONE).unlink(missing_ok=True)
+    fit_args = cli_args(settings, spec, "fit")
+    last = spec.run_dir / "checkpoints" / "last.ckpt"
+    resumed = last.exists()
+    cmd = _command(settings, fit_args + ([f"--ckpt_path={last}"] if resumed else []))
+    rc, wall, tail = _execute(cmd, spec.run_dir, "fit", env, settings.run_timeout, procs)
+
+    scalars = collect.read_scalars(spec.run_dir / "tb" / "fit")
+    record: Dict[str, Any] = {
+        "label": spec.label, "activation": spec.activation, "kwargs": spec.kwargs, "seed": spec.seed,
+        "status": "ok", "error": "", "stderr_tail": [], "returncode": rc, "wall_time_s": round(wall, 3),
+        "resumed_from": str(last) if resumed else None, "fit_args": fit_args,
+        "config_sha256": config_digest(settings.config), "fit_command": shlex.join(cmd),
+        "metrics": collect.summarize(scalars, settings.metric, settings.mode), "test_metrics": {},
+    }
+    if rc != 0:
+        record.update(status="failed", error=_failure(rc, tail, settings.run_timeout), stderr_tail=tail)
+    elif not scalars:
+        record.update(status="failed", error=f"no TensorBoard scalars under {spec.run_dir / 'tb' / 'fit'}")
+    elif collect.first_nonfinite_loss(scalars):
+        record.update(status="failed", error=collect.first_nonfinite_loss(scalars))
+    elif settings.test:
+        _run_test(settings, spec, slot, env, record, procs)
+    _write_json(spec.run_dir / DONE, record)
+    return record
+
+
+def _run_test(settings: Settings, spec: RunSpec, slot: int, env: Dict[str, str], record: Dict[str, Any],
+              procs: _Processes) -> None:
+    ckpt = best_checkpoint(spec.run_dir / "checkpoints")
+    if ckpt is None:
+        record.update(status="failed", error=f"test: no checkpoint in {spec.run_dir / 'checkpoints'}")
+        return
+    cmd = _command(settings, cli_args(settings, spec, "test") + [f"--ckpt_path={ckpt}"])
+    rc, wall, tail = _execute(cmd, spec.run_dir, "test", env, settings.run_timeout, procs)
+    record.update(test_command=shlex.join(cmd), test_checkpoint=str(ckpt), test_wall_time_s=round(wall, 3))
+    if rc != 0:
+        record.update(status="failed", error="test: " + _failure(rc, tail, settings.run_timeout), stderr_tail=tail)
+        return
+    scalars = collect.read_scalars(spec.run_dir / "tb" / "test")
+    record["test_metrics"] = {
+        (tag if tag.startswith("test") else f"test_{tag}"): series[-1][1]
+        for tag, series in sorted(scalars.items())
+        if series and not collect.is_trace_tag(tag)
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def clean(x: Any) -> Any:  # JSON has no NaN: store it as null
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean(obj), indent=2))
+    tmp.replace(path)  # atomic: a half-written done.json would make a run look finished
+
+
+def load_done(spec: RunSpec) -> Optional[Dict[str, Any]]:
+    path = spec.run_dir / DONE
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    for key, value in rec.get("metrics", {}).items():  # null -> NaN for the report
+        if value is None and key not in ("best_step",):
+            rec["metrics"][key] = math.nan
+    return rec
+
+
+def config_digest(config: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(config).read_bytes()).hexdigest()
+
+
+def check_compatible(settings: Settings, specs: List[RunSpec]) -> None:
+    """Refuse to mix results made with a different fit command (config, budget, extras) into one table."""
+    for spec in specs:
+        rec = load_done(spec)
+        if rec is None:
+            continue
+        new = cli_args(settings, spec, "fit")
+        if rec.get("config_sha256") != config_digest(settings.config):
+            raise ValueError(
+                f"{spec.run_dir} was finished with a different version of {settings.config} (its contents "
+                "changed). Use a new --out, or delete that run folder to rerun it."
+            )
+        if rec.get("fit_args") != new:
+            raise ValueError(
+                f"{spec.run_dir} was finished with different arguments:\n  was: {shlex.join(rec.get('fit_args') or [])}"
+                f"\n  now: {shlex.join(new)}\nUse a new --out, or delete that run folder to rerun it."
+            )
+
+
+def run_all(settings: Settings, specs: List[RunSpec], log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Run the unfinished specs, ``settings.parallel`` at a time; return one record per spec (in order).
+
+    Each record has ``ran`` = whether it was run in this call. Ctrl-C stops every child and re-raises;
+    interrupted runs get no ``done.json`` and rerun (resuming from ``last.ckpt``) next time.
+    """
+    check_compatible(settings, specs)
+    records: Dict[int, Dict[str, Any]] = {}
+    todo = []
+    for i, spec in enumerate(specs):
+        rec = load_done(spec)
+        needs_test = settings.test and rec is not None and rec.get("status") == "ok" and "test_command" not in rec
+        if rec is not None and not needs_test and (rec.get("status") == "ok" or not settings.retry_failed):
+            records[i] = dict(rec, ran=False)
+        else:
+            todo.append(i)
+    log(f"compare: {len(specs)} runs, {len(specs) - len(todo)} already finished, {len(todo)} to run, "
+        f"{settings.parallel} at a time with {settings.threads()} threads each")
+    slots: "queue.Queue[int]" = queue.Queue()
+    for s in range(settings.parallel):
+        slots.put(s)
+    procs, lock, n_done = _Processes(), threading.Lock(), [0]
+
+    def work(i: int) -> Dict[str, Any]:
+        slot = slots.get()
+        try:
+            spec = specs[i]
+            log(f"  start {spec.label} seed={spec.seed} -> {spec.run_dir}")
+            try:
+                rec = run_one(settings, spec, slot, procs)
+            except Exception as exc:  # a runner-side error (disk, bad config YAML) fails this run only
+                rec = _runner_failure(settings, spec, exc)
+        finally:
+            slots.put(slot)
+        with lock:
+            n_done[0] += 1
+            log(f"  [{n_done[0]}/{len(todo)}] {_describe(rec)}")
+        return rec
+
+    with ThreadPoolExecutor(max_workers=settings.parallel) as pool:
+        futures = {pool.submit(work, i): i for i in todo}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    records[futures[fut]] = dict(fut.result(), ran=True)
+        except BaseException:
+            procs.stop_all()
+            for fut in futures:
+                fut.cancel()
+            raise
+    return [records[i] for i in range(len(specs))]
+
+
+def _runner_failure(settings: Settings, spec: RunSpec, exc: Exception) -> Dict[str, Any]:
+    rec = {"label": spec.label, "activation": spec.activation, "kwargs": spec.kwargs, "seed": spec.seed,
+           "status": "failed", "error": f"runner: {type(exc).__name__}: {exc}", "stderr_tail": [],
+           "returncode": None, "wall_time_s": 0.0, "metrics": collect.summarize({}, settings.metric, settings.mode),
+           "test_metrics": {}}
+    try:  # not written as done.json: the cause is outside the run, so the next invocation retries it
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(spec.run_dir / "runner_error.json", rec)
+    except OSError:
+        pass
+    return rec
+
+
+def _describe(rec: Dict[str, Any]) -> str:
+    head = f"{rec['label']} seed={rec['seed']}: {rec['status']} in {rec['wall_time_s']:.1f} s"
+    if rec["status"] != "ok":
+        return f"{head} ({rec['error']})"
+    m = rec["metrics"]
+    if m.get("metric"):
+        return f"{head}, best {m['metric']}={m['best']:.4g} at step {m['best_step']}"
+    return head
