@@ -61,7 +61,8 @@ class HistogramEstimator:
             bins = int(round(ratio))
             if abs(ratio - bins) > 1e-6 * max(1.0, ratio):
                 raise ValueError(
-                    f"(hi - lo) / bin_width must be an integer, got ({hi!r} - {lo!r}) / {bin_width!r} = {ratio!r}"
+                    f"(hi - lo) / bin_width must be an integer, got lo={lo!r}, hi={hi!r}, bin_width={bin_width!r} "
+                    f"(ratio {ratio!r})"
                 )
         if isinstance(bins, bool) or int(bins) != bins or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got bins={bins!r}")
