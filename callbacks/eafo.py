@@ -1,0 +1,266 @@
+"""Dynamic EAFO: entropy-descent correction of every CR layer's ε during training (EAFO.md §5).
+
+On collection steps each CR layer's inputs x are tapped and reduced to S = Σ_{x∈B} k_σ'(x)/f_ε'(x) and
+N = |{x∈B}|, so S/N estimates G = ∂H_B/∂ε = E[k_σ'(X)/f_ε'(X) | X∈B]. After one all_reduce every rank applies
+
+    step mode:        ε ← clip(ε − η·S/N, ε_min, ε_max)       after the optimizer step, under no_grad
+    regularize mode:  ε.grad += λ·S/N                           before the optimizer step; ε clipped after it
+
+H_B is concave in ε on the monotone interval, so pure descent runs to a bound: bounds, η/λ and the
+interval are real hyperparameters (docs/eafo.md).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from callbacks._activation_taps import ActivationTaps, find_activation_modules
+from crrelu_lightning.activations import CRActivation
+from crrelu_lightning.entropy import eafo as E
+
+_MODES = ("step", "regularize")
+
+
+class EAFOCallback(Callback):
+    """Dynamic EAFO for every ``CRActivation`` in the model.
+
+    Args:
+        mode: ``"step"`` (projected step on ε after the optimizer step) or ``"regularize"`` (adds λ·S/N
+            to ε's gradient, the optimizer moves ε).
+        lr: η of step mode.
+        lam: λ of regularize mode.
+        eps_bounds: (ε_min, ε_max); ε is clipped into it after every optimizer step while updates are on.
+            Default inside ReLU's monotone interval (−1, e^{3/2}/2) with a margin.
+        every_n_steps: collect and update on every n-th optimizer step (after ``warmup_steps``).
+        warmup_steps: optimizer steps before the first collection.
+        max_samples_per_call: inputs subsampled (with replacement, own generator) per layer call; None = all.
+        track_sigma: set each layer's correction width σ to a running std of its inputs (k_{σ_l}).
+        sigma_momentum: running σ ← m·σ + (1 − m)·std(batch).
+        include / exclude: glob patterns on module names (as in ``find_activation_modules``).
+        slope_floor: smooth bases only: the branch B starts where g' reaches this value (EAFO.md §5).
+        seed: seed of the subsampling generator (offset by the global rank).
+        updates: False = measure and log only; training is then bit-identical to a run without the callback.
+    """
+
+    def __init__(
+        self,
+        mode: str = "step",
+        lr: float = 0.01,
+        lam: float = 0.01,
+        eps_bounds: Sequence[float] = (-0.9, 2.0),
+        every_n_steps: int = 1,
+        warmup_steps: int = 0,
+        max_samples_per_call: Optional[int] = 65536,
+        track_sigma: bool = False,
+        sigma_momentum: float = 0.9,
+        include: Optional[List[str]] = None,
+        exclude: Optional[List[str]] = None,
+        slope_floor: float = 0.1,
+        seed: int = 0,
+        updates: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        for name, v in (("lr", lr), ("lam", lam)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+        bounds = tuple(float(b) for b in eps_bounds)
+        if len(bounds) != 2 or not all(math.isfinite(b) for b in bounds) or not bounds[0] < bounds[1]:
+            raise ValueError(f"eps_bounds must be two finite numbers lo < hi, got {eps_bounds!r}")
+        if int(every_n_steps) < 1 or int(warmup_steps) < 0:
+            raise ValueError(f"need every_n_steps >= 1 and warmup_steps >= 0, got {every_n_steps}, {warmup_steps}")
+        if max_samples_per_call is not None and int(max_samples_per_call) < 1:
+            raise ValueError(f"max_samples_per_call must be >= 1 or None, got {max_samples_per_call!r}")
+        if not 0.0 <= sigma_momentum < 1.0:
+            raise ValueError(f"sigma_momentum must lie in [0, 1), got {sigma_momentum!r}")
+        self.mode, self.lr, self.lam = mode, float(lr), float(lam)
+        self.eps_bounds: Tuple[float, float] = bounds  # type: ignore[assignment]
+        self.every_n_steps, self.warmup_steps = int(every_n_steps), int(warmup_steps)
+        self.max_samples_per_call = None if max_samples_per_call is None else int(max_samples_per_call)
+        self.track_sigma, self.sigma_momentum = bool(track_sigma), float(sigma_momentum)
+        self.include, self.exclude = include, exclude
+        self.slope_floor, self.seed, self.updates = float(slope_floor), int(seed), bool(updates)
+        # Per-run state lives in setup() (EAFO.md §7); resumable counters are plain Python values.
+        self.updates_done = 0
+        self.running_sigma: Dict[str, float] = {}
+        self._loaded_generator: Optional[torch.Tensor] = None
+
+    @property
+    def state_key(self) -> str:
+        # Several instances (e.g. different include patterns) must not overwrite each other's state.
+        return self._generate_state_key(mode=self.mode, include=self.include, exclude=self.exclude)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        found = find_activation_modules(pl_module, self.include, self.exclude)
+        self.layers: Dict[str, CRActivation] = {n: m for n, m in found.items() if isinstance(m, CRActivation)}
+        if not self.layers:
+            kinds = sorted({f"{n}: {type(m).__name__}" for n, m in found.items()})
+            raise ValueError(
+                "EAFOCallback found no CR layer (crrelu_lightning.activations.CRActivation) in the model; "
+                f"activation modules found: {kinds or 'none'}. Use activation 'crrelu' (or crgelu/crsilu/crmish)."
+            )
+        if self.mode == "regularize":
+            frozen = [n for n, m in self.layers.items() if not m.eps.requires_grad]
+            if frozen:
+                raise ValueError(f"regularize mode needs learnable ε, but ε is frozen in {frozen}; use mode='step'")
+        self._check_bounds()
+        self._names = list(self.layers)
+        self._b0 = [E.branch_cut(m.base, self.slope_floor) for m in self.layers.values()]
+        device = trainer.strategy.root_device
+        self._acc = torch.zeros(len(self._names), len(E.SUM_FIELDS), dtype=torch.int64, device=device)
+        self._gen = torch.Generator(device=device)
+        self._gen.manual_seed(self.seed + 1_000_003 * trainer.global_rank)
+        if self._loaded_generator is not None:
+            self._gen.set_state(self._loaded_generator)
+        self._taps = ActivationTaps(self.layers, self._collect)
+        self._step_at_start = -1
+        self._pending: Dict[str, float] = {}
+
+    def _check_bounds(self) -> None:
+        lo, hi = self.eps_bounds
+        seen = set()
+        for m in self.layers.values():
+            key = (m.base, m.sigma)
+            if key in seen:
+                continue
+            seen.add(key)
+            a, b = E.monotone_eps_interval(m.base, m.sigma, self.slope_floor)
+            if not (a < lo and hi < b):
+                rank_zero_warn(
+                    f"EAFOCallback: eps_bounds ({lo:g}, {hi:g}) leave the monotone interval ({a:.4g}, {b:.4g}) of "
+                    f"CR-{m.base} (σ={m.sigma:g}): the theory no longer applies there (f_ε is not invertible on "
+                    "the branch, ∂H/∂ε is not the entropy gradient). Narrow eps_bounds."
+                )
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        taps = getattr(self, "_taps", None)
+        if taps is not None:
+            taps.remove()
+            self._taps = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs after a checkpoint was restored: re-apply the tracked σ, which is a plain module attribute.
+        if self.updates and self.track_sigma:
+            for name, s in self.running_sigma.items():
+                if name in self.layers:
+                    self.layers[name].sigma = s
+        if self.updates:
+            lo, hi = self.eps_bounds
+            outside = {n: float(m.eps) for n, m in self.layers.items() if not lo <= float(m.eps) <= hi}
+            if outside:
+                rank_zero_warn(f"EAFOCallback: initial ε {outside} outside eps_bounds ({lo:g}, {hi:g}); clipped.")
+            self._clip_all()
+
+    # ------------------------------------------------------------------ collection (hot path)
+    def _is_collection_step(self, step: int) -> bool:
+        return step >= self.warmup_steps and (step - self.warmup_steps) % self.every_n_steps == 0
+
+    def _collect(self, index: int, name: str, module: torch.nn.Module, x: Optional[torch.Tensor], out) -> None:
+        if x is None:
+            return
+        x = x.reshape(-1)
+        cap = self.max_samples_per_call
+        if cap is not None and x.numel() > cap:
+            if self._gen.device != x.device:  # model moved after setup: follow it, same seed stream
+                gen = torch.Generator(device=x.device)
+                gen.manual_seed(self._gen.initial_seed())
+                self._gen = gen
+            x = x[torch.randint(x.numel(), (cap,), generator=self._gen, device=x.device)]
+        self._acc[index] += E.branch_sums(x, module.base, module.eps, module.sigma, self._b0[index]).to(
+            self._acc.device
+        )
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
+        self._taps.enabled = self._is_collection_step(trainer.global_step)
+
+    # ------------------------------------------------------------------ reduction and updates
+    def _reduce(self) -> List[Dict[str, float]]:
+        """One all_reduce of every layer's integer sums (on all ranks), then decode; resets the sums."""
+        acc = self._acc
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(acc)
+        stats = [E.decode_sums(row) for row in acc.cpu()]
+        self._acc.zero_()
+        return stats
+
+    def _apply(self, stats: List[Dict[str, float]], before_step: bool) -> None:
+        pending: Dict[str, float] = {}
+        for (name, module), st in zip(self.layers.items(), stats):
+            if self.track_sigma and st["total"] > 0:
+                prev = self.running_sigma.get(name)
+                s = st["std"] if prev is None else self.sigma_momentum * prev + (1 - self.sigma_momentum) * st["std"]
+                if s > 0:
+                    self.running_sigma[name] = s
+                    pending[f"eafo/sigma/{name}"] = s
+                    if self.updates:
+                        module.sigma = s
+            if st["count"] == 0:  # no input on the branch this time: nothing to estimate
+                continue
+            g = st["dH_deps"]
+            pending[f"eafo/dH_deps/{name}"] = g
+            pending[f"eafo/delta_entropy/{name}"] = st["delta_entropy"]
+            if not self.updates:
+                continue
+            with torch.no_grad():
+                if before_step:
+                    add = torch.full_like(module.eps, self.lam * g)
+                    module.eps.grad = add if module.eps.grad is None else module.eps.grad + add
+                else:
+                    new = min(max(module.eps.double().item() - self.lr * g, self.eps_bounds[0]), self.eps_bounds[1])
+                    module.eps.fill_(new)
+        if self.updates:
+            self.updates_done += 1
+        self._pending = pending
+
+    def _clip_all(self) -> None:
+        with torch.no_grad():
+            for m in self.layers.values():
+                m.eps.clamp_(*self.eps_bounds)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        # Same decision on every rank (global_step is shared), so the all_reduce runs everywhere or nowhere.
+        if self.mode == "regularize" and self._is_collection_step(trainer.global_step):
+            self._apply(self._reduce(), before_step=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self._taps.enabled = False
+        if trainer.global_step == self._step_at_start:  # gradient accumulation: no optimizer step yet
+            return
+        step = self._step_at_start
+        if self.mode == "step" and self._is_collection_step(step):
+            self._apply(self._reduce(), before_step=False)
+        if self.updates:
+            self._clip_all()  # the optimizer may have moved ε (task gradient, regularize mode)
+        if self._pending:
+            for name in self._names:
+                self._pending[f"eafo/eps/{name}"] = float(self.layers[name].eps.item())
+            # Values are identical on every rank (computed from reduced sums): no sync_dist needed.
+            pl_module.log_dict(self._pending, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
+            self._pending = {}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> Dict[str, Any]:
+        gen = getattr(self, "_gen", None)
+        return {
+            "updates_done": self.updates_done,
+            "running_sigma": dict(self.running_sigma),
+            "generator": None if gen is None else gen.get_state(),
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.updates_done = int(state_dict["updates_done"])
+        self.running_sigma = {k: float(v) for k, v in state_dict["running_sigma"].items()}
+        self._loaded_generator = state_dict.get("generator")
+        gen = getattr(self, "_gen", None)
+        if gen is not None and self._loaded_generator is not None:
+            gen.set_state(self._loaded_generator)

@@ -1,0 +1,285 @@
+"""EAFOCallback and its sample estimator, against the quadrature entropy (finite differences), a
+second run (single process, no callback, uninterrupted) and the sign/bound facts of EAFO.md §4–§5."""
+import math
+import os
+
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.eafo import EAFOCallback
+from crrelu_lightning.activations import build_activation
+from crrelu_lightning.entropy import eafo as E
+
+
+# ----------------------------------------------------------------------------- estimator
+@pytest.mark.parametrize(
+    "base,eps,mu,sigma,cr_sigma",
+    [
+        ("relu", -0.5, 0.0, 1.0, 1.0),
+        ("relu", 0.3, 0.0, 1.6, 1.0),  # input σ ≠ 1
+        ("relu", 1.2, 0.2, 1.0, 0.7),  # correction σ ≠ 1
+        ("relu", -0.2, 0.0, 0.8, 1.5),
+        ("gelu", 0.05, 0.0, 1.3, 1.2),
+    ],
+)
+def test_sample_gradient_matches_quadrature_finite_differences(base, eps, mu, sigma, cr_sigma):
+    gen = torch.Generator().manual_seed(1)
+    x = mu + sigma * torch.randn(1_000_000, generator=gen)
+    st = E.decode_sums(E.branch_sums(x, base, torch.tensor(eps), cr_sigma, E.branch_cut(base)))
+    dist, h = E.NormalInput(mu, sigma), 1e-4
+    fd = (
+        E.branch_record(base, dist, eps + h, cr_sigma)["delta_entropy"]
+        - E.branch_record(base, dist, eps - h, cr_sigma)["delta_entropy"]
+    ) / (2 * h)
+    assert st["dH_deps"] == pytest.approx(fd, rel=0.02)
+    ref_dh = E.branch_record(base, dist, eps, cr_sigma)["delta_entropy"]
+    assert st["delta_entropy"] == pytest.approx(ref_dh, rel=0.02, abs=1e-3)
+    assert st["mean"] == pytest.approx(float(x.double().mean()), abs=1e-6)
+    assert st["std"] == pytest.approx(float(x.double().std()), rel=1e-5)
+
+
+def test_sums_are_order_independent_and_accept_bf16():
+    x = torch.randn(10_001, generator=torch.Generator().manual_seed(2))
+    eps = torch.tensor(0.3)
+    whole = E.branch_sums(x, "relu", eps, 1.0, 0.0)
+    parts = E.branch_sums(x[:3000], "relu", eps, 1.0, 0.0) + E.branch_sums(x[3000:], "relu", eps, 1.0, 0.0)
+    perm = E.branch_sums(x[torch.randperm(x.numel())], "relu", eps, 1.0, 0.0)
+    assert torch.equal(whole, parts) and torch.equal(whole, perm)
+    xb = x.bfloat16()
+    assert torch.equal(E.branch_sums(xb, "relu", eps, 1.0, 0.0), E.branch_sums(xb.double(), "relu", eps, 1.0, 0.0))
+
+
+# ----------------------------------------------------------------------------- a tiny model
+class TinyCR(L.LightningModule):
+    """x → CR → Linear → (CR) → Linear → squared loss. CR inputs of the first layer are the data itself."""
+
+    def __init__(self, eps_init=0.5, learnable=False, d=8, lr=0.05, dropout=0.0, act="crrelu", out_dir=None):
+        super().__init__()
+        kw = {"eps_init": eps_init, "learnable": learnable} if act.startswith("cr") else {}
+        self.act1 = build_activation(act, **kw)
+        self.lin1 = nn.Linear(d, d)
+        self.act2 = build_activation(act, **kw)
+        self.drop = nn.Dropout(dropout)
+        self.lin2 = nn.Linear(d, 1)
+        self.lr, self.out_dir = lr, out_dir
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        y = self.lin2(self.drop(self.act2(self.lin1(self.act1(x)))))
+        return (y - 1.0).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class EpsRecorder(L.Callback):
+    def __init__(self):
+        self.eps = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.eps.append(float(pl_module.act1.eps))
+
+
+def _data(n=64, d=8, seed=0):
+    return TensorDataset(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)))
+
+
+def _trainer(callbacks, **kw):
+    opts = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, max_steps=8)
+    opts.update(kw)
+    return L.Trainer(callbacks=callbacks, **opts)
+
+
+# ----------------------------------------------------------------------------- step mode dynamics
+@pytest.mark.parametrize("eps0,bound_index", [(0.5, 0), (1.9, 1)])
+def test_step_mode_descends_branch_entropy_and_stops_at_bound(eps0, bound_index):
+    """H_B is concave in ε (max near 1.5): descent from either side runs to the nearer bound."""
+    bounds = (-0.9, 2.0)
+    rec = EpsRecorder()
+    cb = EAFOCallback(mode="step", lr=0.6, eps_bounds=bounds, max_samples_per_call=None, include=["act1"])
+    model = TinyCR(eps_init=eps0, learnable=False)
+    _trainer([cb, rec], max_steps=25).fit(model, DataLoader(_data(n=4096), batch_size=4096))
+    traj = [eps0] + rec.eps
+    assert all(bounds[0] <= e <= bounds[1] for e in traj)
+    assert traj[-1] == pytest.approx(bounds[bound_index], abs=1e-7)
+    h = [E.branch_record("relu", E.NormalInput(), e)["delta_entropy"] for e in traj]
+    moving = [i for i in range(1, len(traj)) if traj[i] != traj[i - 1]]
+    assert len(moving) >= 2 and all(h[i] < h[i - 1] for i in moving)
+    assert traj[-1] == traj[-2]  # stopped at the bound
+    assert cb.updates_done == 25
+
+
+def test_regularize_mode_equals_step_mode_with_sgd():
+    """ε gets no task gradient (its layer feeds a zero-weight path), so SGD(lr)·λ·S/N = step mode with η = lr·λ."""
+    trajs = {}
+    for mode in ("step", "regularize"):
+        rec = EpsRecorder()
+        cb = EAFOCallback(mode=mode, lr=0.05 * 2.0, lam=2.0, max_samples_per_call=None, include=["act1"])
+        model = TinyCR(eps_init=0.3, learnable=True, lr=0.05)
+        with torch.no_grad():
+            model.lin1.weight.zero_()
+        model.lin1.weight.requires_grad_(False)  # ε's task gradient is then exactly 0
+        _trainer([cb, rec], max_steps=6).fit(model, DataLoader(_data(n=512), batch_size=512))
+        trajs[mode] = rec.eps
+    np.testing.assert_allclose(trajs["regularize"], trajs["step"], atol=1e-6)
+    assert trajs["step"][-1] < 0.3 - 0.05
+
+
+def test_gradient_accumulation_equals_large_batch():
+    """2 micro-batches of 64 per step give the same integer sums, hence the same ε, as one batch of 128."""
+    out = []
+    for bs, acc in ((64, 2), (128, 1)):
+        rec = EpsRecorder()
+        cb = EAFOCallback(lr=0.5, max_samples_per_call=None, include=["act1"], every_n_steps=2, warmup_steps=1)
+        _trainer([cb, rec], max_steps=5, accumulate_grad_batches=acc).fit(
+            TinyCR(eps_init=0.2), DataLoader(_data(n=640), batch_size=bs)
+        )
+        out.append((rec.eps[acc - 1 :: acc], cb.updates_done))
+    assert out[0] == out[1]
+    assert out[0][1] == 2  # collection steps 1 and 3 of 0..4
+
+
+def test_bf16_mixed_precision_runs_and_moves_eps():
+    cb = EAFOCallback(mode="regularize", lam=1.0, include=["act2"])
+    model = TinyCR(eps_init=0.1, learnable=True)
+    _trainer([cb], max_steps=3, precision="bf16-mixed").fit(model, DataLoader(_data(n=96), batch_size=32))
+    assert math.isfinite(float(model.act2.eps)) and float(model.act2.eps) < 0.1
+
+
+# ----------------------------------------------------------------------------- updates off: bit-identical
+def test_updates_off_is_bit_identical_to_no_callback():
+    """Shuffled data (global RNG), dropout (global RNG) and subsampling (callback's own generator)."""
+    params = []
+    for cbs in ([], [EAFOCallback(updates=False, max_samples_per_call=16, track_sigma=True)]):
+        L.seed_everything(123, verbose=False)
+        model = TinyCR(eps_init=0.01, learnable=True, dropout=0.3)
+        loader = DataLoader(_data(n=256), batch_size=32, shuffle=True)
+        trainer = _trainer(cbs, max_steps=12)
+        trainer.fit(model, loader)
+        params.append([p.detach().clone() for p in model.parameters()])
+        if cbs:
+            assert any(k.startswith("eafo/dH_deps/") for k in trainer.callback_metrics)
+            assert cbs[0].updates_done == 0 and model.act1.sigma == 1.0  # σ tracked but not applied
+    assert all(torch.equal(a, b) for a, b in zip(*params))
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_restores_state_and_eps(tmp_path):
+    def make_cb():
+        return EAFOCallback(mode="regularize", lam=0.5, max_samples_per_call=40, track_sigma=True, seed=7)
+
+    def fit(max_epochs, ckpt=None, save=False):
+        L.seed_everything(0, verbose=False)
+        cb = make_cb()
+        cbs = [cb]
+        if save:
+            cbs.append(L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1,
+                                                   filename="{epoch}"))
+        model = TinyCR(eps_init=0.2, learnable=True)
+        _trainer(cbs, max_steps=-1, max_epochs=max_epochs, enable_checkpointing=save).fit(
+            model, DataLoader(_data(n=96), batch_size=32), ckpt_path=ckpt
+        )
+        return model, cb
+
+    full_model, full_cb = fit(2, save=True)
+    ckpt = tmp_path / "epoch=0.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    saved = next(v for k, v in state["callbacks"].items() if k.startswith("EAFOCallback"))
+    assert saved["updates_done"] == 3 and set(saved["running_sigma"]) == {"act1", "act2"}
+    resumed_model, resumed_cb = fit(2, ckpt=str(ckpt))
+    assert resumed_cb.updates_done == full_cb.updates_done == 6
+    assert resumed_cb.running_sigma == full_cb.running_sigma
+    assert resumed_model.act2.sigma == full_model.act2.sigma == full_cb.running_sigma["act2"] != 1.0
+    for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- DDP
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        eps = _run_eafo_steps(rank, world)
+        torch.save(eps, os.path.join(out_dir, f"eps_{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _run_eafo_steps(rank, world, steps=4, batch=48):
+    """Plain-torch driver of the callback's hooks (no Lightning spawn: seconds, not tens of seconds)."""
+    from types import SimpleNamespace
+
+    data = _data(n=steps * batch * 2, seed=3).tensors[0]
+    model = TinyCR(eps_init=0.4)
+    cb = EAFOCallback(lr=0.7, max_samples_per_call=None, include=["act1", "act2"])
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=rank,
+                              global_step=0)
+    cb.setup(trainer, model, "fit")
+    model.log_dict = lambda *a, **k: None
+    traj = []
+    for step in range(steps):
+        rows = data[step * 2 * batch : (step + 1) * 2 * batch]
+        shard = rows if world == 1 else rows[rank::world]  # ranks see different halves
+        cb.on_train_batch_start(trainer, model, None, step)
+        with torch.no_grad():
+            model.act1(shard)
+            model.act2(2.0 * shard + 0.3)
+        trainer.global_step += 1
+        cb.on_train_batch_end(trainer, model, None, None, step)
+        traj.append(torch.stack([model.act1.eps.detach().clone(), model.act2.eps.detach().clone()]))
+    cb.teardown(trainer, model, "fit")
+    return torch.stack(traj)
+
+
+def test_ddp_two_gloo_processes_match_single_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"eps_{r}.pt") for r in (0, 1))
+    single = _run_eafo_steps(0, 1)
+    assert torch.equal(r0, r1) and torch.equal(r0, single)
+    assert not torch.equal(single[0], single[-1])  # ε really moved
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bounds_outside_monotone_interval_warn():
+    cb = EAFOCallback(eps_bounds=(-1.5, 2.0))
+    with pytest.warns(UserWarning, match="theory no longer applies"):
+        _trainer([cb], max_steps=1).fit(TinyCR(), DataLoader(_data(n=8), batch_size=8))
+
+
+def test_no_cr_layer_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"no CR layer.*act1: GELU"):
+        _trainer([EAFOCallback()], max_steps=1).fit(TinyCR(act="gelu"), DataLoader(_data(n=8), batch_size=8))
+
+
+def test_regularize_needs_learnable_eps():
+    with pytest.raises(ValueError, match="learnable"):
+        _trainer([EAFOCallback(mode="regularize")], max_steps=1).fit(
+            TinyCR(learnable=False), DataLoader(_data(n=8), batch_size=8)
+        )
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"mode": "adam"}, "mode must be one of"),
+        ({"eps_bounds": (0.5, -0.5)}, "lo < hi"),
+        ({"lr": -1.0}, "lr must be finite"),
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"max_samples_per_call": 0}, "max_samples_per_call"),
+    ],
+)
+def test_constructor_validates(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        EAFOCallback(**kw)
