@@ -156,18 +156,29 @@ def _command(settings: Settings, args: List[str]) -> List[str]:
     return [settings.python, "-m", "crrelu_lightning", *args]
 
 
+def _checkpoint(path: Path) -> Dict[str, Any]:
+    """A Lightning checkpoint's top-level dict ({} if unreadable); mmap so big weights aren't read."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # custom objects inside, or an old format: callers fall back to file names
+        return {}
+
+
+def checkpoint_step(ckpt_dir: Path) -> Optional[int]:
+    """``global_step`` (optimizer steps taken) stored in ``last.ckpt``, or ``None``."""
+    last = ckpt_dir / "last.ckpt"
+    step = _checkpoint(last).get("global_step") if last.exists() else None
+    return int(step) if step is not None else None
+
+
 def best_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     """Best checkpoint of a finished fit: ``best_model_path`` from ``last.ckpt``'s ModelCheckpoint state,
     else the only (or newest) non-last ``*.ckpt``, else ``last.ckpt``; ``None`` when there is none."""
     last = ckpt_dir / "last.ckpt"
     if last.exists():
-        import torch
-
-        try:
-            state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-        except Exception:  # a custom object in the checkpoint: fall back to the file names
-            state = {}
-        for key, cb in state.items():
+        for key, cb in (_checkpoint(last).get("callbacks") or {}).items():
             if key.startswith("ModelCheckpoint") and isinstance(cb, dict) and cb.get("best_model_path"):
                 path = Path(cb["best_model_path"])
                 if path.exists():
@@ -287,6 +298,9 @@ def run_one(settings: Settings, spec: RunSpec, slot: int, procs: Optional[_Proce
         "config_sha256": config_digest(settings.config), "fit_command": shlex.join(cmd),
         "metrics": collect.summarize(scalars, settings.metric, settings.mode), "test_metrics": {},
     }
+    step = checkpoint_step(spec.run_dir / "checkpoints")
+    if step is not None:  # optimizer steps taken; the last *logged* step can lag by log_every_n_steps
+        record["metrics"]["steps"] = step
     if rc != 0:
         record.update(status="failed", error=_failure(rc, tail, settings.run_timeout), stderr_tail=tail)
     elif not scalars:
