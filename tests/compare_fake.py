@@ -56,7 +56,7 @@ def main(argv: List[str]) -> int:
     log = os.environ.get("FAKE_LOG")
     if log:
         with open(log, "a") as fh:
-            fh.write(f"start {time.time()} {name} {seed}\n")
+            fh.write(f"start {time.time()} {name} {seed} {os.getpid()}\n")
     keys = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
     (run_dir / f"env_{sub}.json").write_text(json.dumps({k: os.environ.get(k) for k in keys}))
     b = base(name, seed)

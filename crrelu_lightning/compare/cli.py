@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kwargs-key", default="model.activation_kwargs", help="config key of the activation kwargs")
     p.add_argument("--no-check-activations", action="store_true",
                    help="don't check names against the registry (activations registered by your own module)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter that runs `-m crrelu_lightning fit` (default: this one)")
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the table and plots")
     p.add_argument("--dry-run", action="store_true", help="print each run's fit command and exit")
     return p
@@ -136,7 +138,7 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.S
         parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
         test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()], retry_failed=a.retry_failed,
-        run_timeout=a.run_timeout, metric=a.metric, mode=a.mode,
+        run_timeout=a.run_timeout, metric=a.metric, mode=a.mode, python=a.python,
     )
 
 
