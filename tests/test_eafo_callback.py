@@ -283,3 +283,44 @@ def test_regularize_needs_learnable_eps():
 def test_constructor_validates(kw, msg):
     with pytest.raises(ValueError, match=msg):
         EAFOCallback(**kw)
+
+
+class _DumpEps(L.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        eps = torch.stack([pl_module.act1.eps.detach(), pl_module.act2.eps.detach()])
+        torch.save(eps, os.path.join(self.out_dir, f"lightning_eps_{trainer.global_rank}_{trainer.world_size}.pt"))
+
+
+class _ShardedTinyCR(TinyCR):
+    """Rank r reads rows r, r+W, ... in order (no shuffling), so W ranks together see one big batch."""
+
+    def train_dataloader(self):
+        from torch.utils.data.distributed import DistributedSampler
+
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(_data(n=96, seed=5), num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(_data(n=96, seed=5), batch_size=32 // world, sampler=sampler)
+
+
+def _lightning_eafo_fit(out_dir, devices):
+    cbs = [
+        EAFOCallback(mode="step", lr=0.5, max_samples_per_call=None, include=["act1"]),  # frozen ε: EAFO only
+        EAFOCallback(mode="regularize", lam=0.5, max_samples_per_call=None, include=["act2"]),
+        _DumpEps(out_dir),
+    ]
+    model = _ShardedTinyCR(eps_init=0.4, learnable=False)
+    model.act2.eps.requires_grad_(True)
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    _trainer(cbs, max_steps=3, devices=devices, strategy=strategy, use_distributed_sampler=False).fit(model)
+
+
+def test_lightning_ddp_spawn_matches_single_process(tmp_path):
+    """Real Lightning DDP (gloo, 2 CPU processes, DistributedSampler gives each rank different rows)."""
+    _lightning_eafo_fit(str(tmp_path), devices=2)
+    _lightning_eafo_fit(str(tmp_path), devices=1)  # sees both ranks' rows in each step
+    r0, r1, single = (torch.load(tmp_path / f"lightning_eps_{r}_{w}.pt") for r, w in ((0, 2), (1, 2), (0, 1)))
+    assert torch.equal(r0, r1)  # both layers, including the optimizer-moved regularize-mode ε
+    assert r0[0] == single[0] and r0[0] != 0.4  # step-mode ε: exactly the single-process value
