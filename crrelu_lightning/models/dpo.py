@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule
 from torch.nn import functional as F
 
 from crrelu_lightning.models.gpt import GPT
-from crrelu_lightning.models.language import build_gpt
+from crrelu_lightning.models.language import build_gpt, check_data_fits
 from crrelu_lightning.models.optim import param_groups
 
 
@@ -108,6 +108,10 @@ class DPO(LightningModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.policy(idx)
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.datamodule is not None:
+            check_data_fits(self.policy, self.trainer.datamodule)
 
     def _step(self, batch: Dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])

@@ -53,6 +53,18 @@ def build_gpt(
     return model
 
 
+def check_data_fits(model: GPT, datamodule: Any) -> None:
+    """Fail before training when the datamodule's sequences are longer than the model's positions."""
+    hp = getattr(datamodule, "hparams", {}) or {}
+    for key in ("block_size", "max_length"):
+        n = hp.get(key)
+        if n is not None and n > model.config.block_size:
+            raise ValueError(
+                f"data.{key}={n} exceeds the model's block_size={model.config.block_size}; "
+                f"lower data.{key} or use a model with more positions"
+            )
+
+
 def sequence_targets(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) from ``(x, y)`` or a dict with ``input_ids`` and ``loss_mask``
     (targets are the next tokens; positions whose next token is outside the mask become -100)."""
@@ -112,6 +124,10 @@ class CausalLM(LightningModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.datamodule is not None:
+            check_data_fits(self.model, self.trainer.datamodule)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # The actual shape (which may come from init_from) travels with the weights.
