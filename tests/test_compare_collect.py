@@ -37,7 +37,10 @@ def test_summarize_best_final_and_direction():
         "val_loss": [(1, 3.0), (2, 1.0), (4, 2.0)],
         "train_loss": [(4, 0.5)],
         "entropy/block0": [(4, 1.0)],
+        "val_entropy/block0": [(4, 1.0)],
+        "val_p0/block0": [(4, 0.5)],
         "eafo/eps/block0": [(4, 0.01)],
+        "eafo/dH_deps/block0": [(4, 0.3)],
         "epoch": [(4, 1.0)],
     }
     s = collect.summarize(scalars)
@@ -64,8 +67,13 @@ def test_primary_metric(tags, expected):
 def test_trace_and_eps_tags():
     assert collect.is_eps_tag("eafo/eps/blocks.0.mlp.act") and collect.is_eps_tag("act_epsilon")
     assert not collect.is_eps_tag("steps") and not collect.is_eps_tag("val_reps")
-    assert collect.is_entropy_tag("entropy/block1/out") and collect.is_trace_tag("lr-AdamW")
-    assert not collect.is_trace_tag("val_acc")
+    assert collect.is_entropy_tag("entropy/block1") and collect.is_entropy_tag("val_entropy/b1", "val_")
+    assert not collect.is_entropy_tag("val_entropy/b1") and not collect.is_entropy_tag("val_acc")
+    for tag in ("lr-AdamW", "val_nonfinite/b0", "out_of_range/b0", "eafo/sigma/b0", "epoch"):
+        assert collect.is_trace_tag(tag), tag
+    for tag in ("val_acc", "val/acc", "train_loss", "test/top1"):
+        assert not collect.is_trace_tag(tag), tag
+    assert not collect.is_eps_tag("eafo/dH_deps/b0")
 
 
 def test_first_nonfinite_loss_names_tag_and_step():

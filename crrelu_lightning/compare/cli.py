@@ -162,7 +162,9 @@ def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], record
         plots.plot_tags(data, val, out / "plots" / "validation.png", "validation metrics vs step"),
         plots.plot_tags(data, train, out / "plots" / "train.png", "training metrics vs step"),
         plots.plot_tags(data, [t for t in tags if collect.is_entropy_tag(t)], out / "plots" / "entropy.png",
-                        "per-layer activation entropy"),
+                        "per-layer activation entropy (training)"),
+        plots.plot_tags(data, [t for t in tags if collect.is_entropy_tag(t, "val_")],
+                        out / "plots" / "val_entropy.png", "per-layer activation entropy (validation)"),
         plots.plot_tags(data, [t for t in tags if collect.is_eps_tag(t)], out / "plots" / "eps.png",
                         "ε over training"),
     ]

@@ -13,8 +13,11 @@ from typing import Dict, List, Optional, Tuple
 
 Scalars = Dict[str, List[Tuple[int, float]]]
 
-# Tags that are traces of the training state rather than results: plotted, not tabulated.
-_TRACE = re.compile(r"(^|/)entropy(/|_|$)|(^|[/_.])eps(ilon)?([/_.]|$)|^lr[-_/]|(^|/)epoch$|^hp_metric$")
+# Per-layer groups written by callbacks.ActivationEntropyMonitor (``[val_]entropy/<layer>``, ``p0/``,
+# ``out_of_range/``, ``nonfinite/``) and callbacks.EAFOCallback (``eafo/eps/<layer>``, ``eafo/sigma/`` …):
+# traces of the training state, plotted but kept out of the results table.
+_MONITOR_GROUPS = {"entropy", "entropy_hist", "p0", "out_of_range", "nonfinite", "eafo"}
+_TRACE = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)|^lr[-_/]|(^|/)epoch$|^hp_metric$")
 _EPS = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)")
 _LOWER = ("loss", "err", "ppl", "perplexity", "nll", "bpc", "bpb")
 _HIGHER = ("acc", "top1", "top5", "f1", "auc", "precision", "recall", "margin", "reward")
@@ -44,13 +47,20 @@ def read_scalars(logdir: Path) -> Scalars:
     return out
 
 
+def _group(tag: str) -> str:
+    """First path component without a ``val_``/``train_`` prefix: ``val_entropy/blk0`` -> ``entropy``."""
+    head = tag.split("/", 1)[0] if "/" in tag else ""
+    return re.sub(r"^(val|train|test)_", "", head)
+
+
 def is_trace_tag(tag: str) -> bool:
-    """Entropy / ε / learning-rate / epoch tags: shown in plots, kept out of the results table."""
-    return bool(_TRACE.search(tag))
+    """Monitor / EAFO / ε / learning-rate / epoch tags: shown in plots, kept out of the results table."""
+    return _group(tag) in _MONITOR_GROUPS or bool(_TRACE.search(tag))
 
 
-def is_entropy_tag(tag: str) -> bool:
-    return tag.startswith("entropy/") or "/entropy" in tag
+def is_entropy_tag(tag: str, prefix: str = "") -> bool:
+    """``<prefix>entropy/<layer>``: per-layer training (prefix "") or validation ("val_") entropy."""
+    return tag.startswith(f"{prefix}entropy/")
 
 
 def is_eps_tag(tag: str) -> bool:
