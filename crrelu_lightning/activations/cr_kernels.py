@@ -1,14 +1,21 @@
-"""Fused CR-family forward/backward: backward keeps only the input, dε is reduced in backward.
+"""Fused CR-family forward/backward: backward keeps only the input, dε is reduced inside the backward pass.
 
 Implementations (``impl``):
-- ``"eager"``: a custom ``autograd.Function`` with eager ops (no compiler needed; the fallback).
-- ``"compiled"``: the same Function with its forward/backward bodies compiled by ``torch.compile``
-  (Inductor: C++ on CPU, Triton on CUDA). Falls back to eager, with one warning, if compilation fails.
+- ``"eager"``: a custom ``autograd.Function`` whose bodies are eager torch ops (no compiler; the fallback).
+- ``"compiled"``: the same Function with fused kernels: on CUDA (float32/16, bfloat16) hand-written Triton
+  kernels (``cr_triton``), elsewhere the bodies compiled by ``torch.compile`` (Inductor: one C++/OpenMP loop
+  for the forward, one for the backward that writes dx and reduces dε in the same pass). If a compiler is
+  missing or fails, it falls back (Triton → Inductor → eager) with one warning per device type.
 - ``"reference"``: the plain expression differentiated by autograd (the paper's; keeps ~3 extra tensors).
-- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``. Setting the
-  environment variable ``CRRELU_DISABLE_COMPILE=1`` makes ``"auto"`` mean ``"eager"`` (tests, debugging).
+- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``. Setting the environment
+  variable ``CRRELU_DISABLE_COMPILE=1`` makes ``"auto"`` mean ``"eager"`` (tests, debugging);
+  ``CRRELU_DISABLE_TRITON=1`` makes CUDA use Inductor instead of the hand-written kernels.
 
-Half-precision inputs are computed in float32 and cast back; ε stays float32 (or float64).
+The compiled bodies operate on the flattened tensor, with σ baked in as a constant, so there is one graph
+per (forward/backward, base, σ, dtype) whatever the input shape (``dynamic=True``). ε is passed as a
+tensor, never as a Python number: ``eps.item()`` would synchronise host and device on every call.
+
+Half-precision inputs are computed in float32 and cast back; ε stays float32 (or float64), and so does dε.
 """
 from __future__ import annotations
 
@@ -24,56 +31,155 @@ IMPLS = ("auto", "compiled", "eager", "reference")
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _compute_dtype(x: torch.Tensor, eps: torch.Tensor) -> torch.dtype:
-    xd = torch.float32 if x.dtype in _HALF else x.dtype
-    return torch.promote_types(xd, eps.dtype if eps.dtype not in _HALF else torch.float32)
+def _compute_dtype(x_dtype: torch.dtype, eps_dtype: torch.dtype) -> torch.dtype:
+    xd = torch.float32 if x_dtype in _HALF else x_dtype
+    return torch.promote_types(xd, torch.float32 if eps_dtype in _HALF else eps_dtype)
 
 
-def _forward_body(x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float) -> torch.Tensor:
-    cd = _compute_dtype(x, eps)
+# The bodies are generated from source so that every constant (σ, polynomial coefficients) is a literal:
+# torch.compile(dynamic=True) turns Python floats held in closures or globals into runtime arguments, which
+# Inductor then reloads and converts in every loop iteration (measured: ~2× slower kernels on CPU).
+_BODY_TEMPLATE = """
+def fast_exp2_f32(z):
+    # 2^z for float32 z <= 127 as plain tensor ops that Inductor fuses. Its C++ backend otherwise calls
+    # Sleef's exp, which costs more than all the rest of a CR kernel on AVX-512. 2^z = 2^n * 2^f with
+    # n = round(z) (via the 1.5*2^23 trick), f in [-1/2, 1/2], 2^f by a degree-5 minimax polynomial
+    # (relative error 2.4e-7 in float32), 2^n written straight into the exponent bits. Below z = -126 it
+    # returns ~2^-126 instead of a (slow) denormal or zero.
+    z = torch.clamp_min(z, -126.0)
+    n = (z + 12582912.0) - 12582912.0
+    f = z - n
+    p = 0.0013276471963546723
+    p = p * f + 0.00967554173930686
+    p = p * f + 0.05550713277122943
+    p = p * f + 0.24022119716402934
+    p = p * f + 0.6931469670603292
+    p = p * f + 1.0000000716561726
+    return p * ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def _gauss(x2, c, c_log2e):
+    # exp(c * x^2) for c < 0
+    if x2.dtype == torch.float32:
+        return fast_exp2_f32(x2 * c_log2e)
+    return torch.exp(x2 * c)
+
+
+def _compute_dtype(x_dtype, eps_dtype):
+    xd = torch.float32 if x_dtype in (torch.float16, torch.bfloat16) else x_dtype
+    return torch.promote_types(xd, torch.float32 if eps_dtype in (torch.float16, torch.bfloat16) else eps_dtype)
+
+
+def forward_body(x, eps):
+    cd = _compute_dtype(x.dtype, eps.dtype)
     xf = x.to(cd)
-    y = cr_math.base_forward(base, xf) + eps.to(cd) * cr_math.correction(xf, sigma)
+    y = {BASE_FWD} + eps.to(cd) * (xf * _gauss(xf * xf, {C!r}, {CL!r}))
     return y.to(x.dtype)
 
 
-def _backward_body(
-    x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, base: str, sigma: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    cd = _compute_dtype(x, eps)
+def backward_body(x, dy, eps):
+    cd = _compute_dtype(x.dtype, eps.dtype)
     xf = x.to(cd)
     dyf = dy.to(cd)
-    inv_s2 = 1.0 / (sigma * sigma)
     x2 = xf * xf
-    gauss = torch.exp(x2 * (-0.5 * inv_s2))
-    dfdx = cr_math.base_derivative(base, xf) + eps.to(cd) * (1.0 - x2 * inv_s2) * gauss
-    dx = (dyf * dfdx).to(x.dtype)
-    deps = (dyf * xf * gauss).sum()
-    return dx, deps
+    dyg = dyf * _gauss(x2, {C!r}, {CL!r})  # dy * exp(-x^2 / (2 sigma^2))
+{BASE_BWD}
+    # dy * f'(x) = dy * g'(x) + eps * dy * (1 - x^2 / sigma^2) * exp(-x^2 / (2 sigma^2))
+    dx = dybase + eps.to(cd) * (dyg - dyg * x2 * {INV_S2!r})
+    deps = (dyg * xf).sum()  # dL/deps = sum dy * x * exp(-x^2 / (2 sigma^2)), same pass as dx
+    return dx.to(x.dtype), deps
+"""
+
+_BASE_FWD = {
+    "relu": "torch.relu(xf)",
+    "gelu": "F.gelu(xf)",
+    "silu": "F.silu(xf)",
+    "mish": "F.mish(xf)",
+}
+_BASE_BWD = {  # dybase = dy * g'(x)
+    "relu": "    dybase = torch.where(xf > 0, dyf, torch.zeros_like(dyf))",
+    "gelu": (
+        "    cdf = 0.5 * (1.0 + torch.erf(xf * 0.7071067811865476))\n"
+        "    dybase = dyf * (cdf + xf * (_gauss(x2, -0.5, -0.7213475204444817) * 0.3989422804014327))"
+    ),
+    "silu": "    s = torch.sigmoid(xf)\n    dybase = dyf * (s * (1.0 + xf * (1.0 - s)))",
+    "mish": (
+        "    t = torch.tanh(F.softplus(xf))\n"
+        "    dybase = dyf * (t + xf * (1.0 - t * t) * torch.sigmoid(xf))"
+    ),
+}
 
 
-_compiled: Dict[Tuple[str, str, str], Callable] = {}
-_compile_failed: Dict[str, bool] = {}
+def make_bodies(base: str, sigma: float) -> Tuple[Callable, Callable]:
+    """Forward ``f(x, eps) -> y`` and backward ``b(x, dy, eps) -> (dx, deps)`` bodies with σ baked in."""
+    if base not in cr_math.CR_BASES:
+        raise ValueError(f"Unknown CR base {base!r}; expected one of {cr_math.CR_BASES}")
+    src = _BODY_TEMPLATE.format(
+        BASE_FWD=_BASE_FWD[base], BASE_BWD=_BASE_BWD[base], C=-0.5 / (sigma * sigma), INV_S2=1.0 / (sigma * sigma),
+        CL=-0.5 / (sigma * sigma) * 1.4426950408889634,
+    )
+    namespace = {"torch": torch, "F": torch.nn.functional}
+    exec(compile(src, f"<cr_kernels body {base} sigma={sigma!r}>", "exec"), namespace)
+    return namespace["forward_body"], namespace["backward_body"]
+
+
+def fast_exp2_f32(z: torch.Tensor) -> torch.Tensor:
+    """The float32 2^z used inside the compiled bodies (exposed for tests)."""
+    return make_bodies("relu", 1.0)[0].__globals__["fast_exp2_f32"](z)
+
+
+# --------------------------------------------------------------------------- body caches and compilation
+_eager: Dict[Tuple[str, float], Tuple[Callable, Callable]] = {}
+_compiled: Dict[Tuple[str, float, str], Tuple[Callable, Callable]] = {}
+_compile_failed: Dict[str, bool] = {}  # device type -> Inductor unavailable
+_triton_failed = False
+_torch_compile = torch.compile  # indirection so tests can simulate a broken compiler
+# Let the C++ compiler fuse a*b + c into FMAs (Inductor compiles with -ffp-contract=off by default). This is
+# not fast-math: no reassociation, so the rounding trick in fast_exp_f32 is preserved.
+_INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _compile_enabled() -> bool:
-    return os.environ.get("CRRELU_DISABLE_COMPILE", "0") not in ("1", "true", "True")
+    return not _env_flag("CRRELU_DISABLE_COMPILE")
 
 
-def _get_compiled(kind: str, base: str, device_type: str) -> Optional[Callable]:
-    """Compiled body for (kind, base, device type), or None if compilation is unavailable."""
+def reset_caches() -> None:
+    """Forget compiled bodies and compile failures (tests)."""
+    global _triton_failed
+    _eager.clear()
+    _compiled.clear()
+    _compile_failed.clear()
+    _triton_failed = False
+
+
+def _eager_bodies(base: str, sigma: float) -> Tuple[Callable, Callable]:
+    key = (base, sigma)
+    bodies = _eager.get(key)
+    if bodies is None:
+        bodies = _eager[key] = make_bodies(base, sigma)
+    return bodies
+
+
+def _compiled_bodies(base: str, sigma: float, device_type: str) -> Optional[Tuple[Callable, Callable]]:
     if _compile_failed.get(device_type):
         return None
-    key = (kind, base, device_type)
-    fn = _compiled.get(key)
-    if fn is None:
-        body = _forward_body if kind == "fwd" else _backward_body
+    key = (base, sigma, device_type)
+    bodies = _compiled.get(key)
+    if bodies is None:
         try:
-            fn = torch.compile(body, dynamic=True, fullgraph=True)
+            bodies = tuple(
+                _torch_compile(b, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+                for b in make_bodies(base, sigma)
+            )
         except Exception as err:  # pragma: no cover - depends on the installed backend
             _disable_compile(device_type, err)
             return None
-        _compiled[key] = fn
-    return fn
+        _compiled[key] = bodies
+    return bodies
 
 
 def _disable_compile(device_type: str, err: BaseException) -> None:
@@ -82,42 +188,95 @@ def _disable_compile(device_type: str, err: BaseException) -> None:
         f"CR activation: torch.compile is unavailable on {device_type} ({type(err).__name__}: {err}); "
         "using the eager fused kernel (same results, slower).",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
-def _run(kind: str, compiled: bool, base: str, *args):
-    """Run the forward (args = x, eps, sigma) or backward (args = x, dy, eps, sigma) body."""
-    body = _forward_body if kind == "fwd" else _backward_body
-    call_args = (*args[:-1], base, args[-1])
+def _use_triton(x: torch.Tensor) -> bool:
+    if _triton_failed or x.device.type != "cuda" or _env_flag("CRRELU_DISABLE_TRITON"):
+        return False
+    from crrelu_lightning.activations import cr_triton
+
+    return cr_triton.supported(x)
+
+
+def _disable_triton(err: BaseException) -> None:
+    global _triton_failed
+    _triton_failed = True
+    warnings.warn(
+        f"CR activation: the Triton kernel failed ({type(err).__name__}: {err}); using torch.compile instead.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _forward(x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float, compiled: bool) -> torch.Tensor:
+    """x is flat and contiguous."""
     if compiled:
-        device_type = args[0].device.type
-        fn = _get_compiled(kind, base, device_type)
-        if fn is not None:
+        if _use_triton(x):
             try:
-                return fn(*call_args)
+                from crrelu_lightning.activations import cr_triton
+
+                return cr_triton.cr_forward(x, eps, base, sigma)
+            except Exception as err:  # pragma: no cover - needs a GPU
+                _disable_triton(err)
+        bodies = _compiled_bodies(base, sigma, x.device.type)
+        if bodies is not None:
+            try:
+                return bodies[0](x, eps)
             except Exception as err:  # Inductor compiles lazily, on the first call
-                _disable_compile(device_type, err)
-    return body(*call_args)
+                _disable_compile(x.device.type, err)
+    return _eager_bodies(base, sigma)[0](x, eps)
+
+
+def _backward(x, dy, eps, base: str, sigma: float, compiled: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    if compiled:
+        if _use_triton(x):
+            try:
+                from crrelu_lightning.activations import cr_triton
+
+                return cr_triton.cr_backward(x, dy, eps, base, sigma)
+            except Exception as err:  # pragma: no cover - needs a GPU
+                _disable_triton(err)
+        bodies = _compiled_bodies(base, sigma, x.device.type)
+        if bodies is not None:
+            try:
+                return bodies[1](x, dy, eps)
+            except Exception as err:
+                _disable_compile(x.device.type, err)
+    return _eager_bodies(base, sigma)[1](x, dy, eps)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
 
 
 class CRFunction(torch.autograd.Function):
-    """y = g(x) + ε·k_σ(x); saves only x (and the 0-d ε)."""
+    """y = g(x) + ε·k_σ(x); saves only x (and the one-element ε)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float, compiled: bool):
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            y = _run("fwd", compiled, base, x, eps.detach(), sigma)
+        eps_d = eps.detach().reshape(())
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                y = _forward(_flat(x), eps_d, base, sigma, compiled)
+        else:
+            y = _forward(_flat(x), eps_d, base, sigma, compiled)
         ctx.save_for_backward(x, eps)
         ctx.base, ctx.sigma, ctx.compiled = base, sigma, compiled
-        return y
+        return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, eps = ctx.saved_tensors
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dx, deps = _run("bwd", ctx.compiled, ctx.base, x, dy.contiguous(), eps.detach(), ctx.sigma)
-        dx = dx if ctx.needs_input_grad[0] else None
+        eps_d = eps.detach().reshape(())
+        args = (_flat(x), _flat(dy), eps_d, ctx.base, ctx.sigma, ctx.compiled)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                dx, deps = _backward(*args)
+        else:
+            dx, deps = _backward(*args)
+        dx = dx.view(x.shape) if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None
 
