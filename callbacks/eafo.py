@@ -123,6 +123,7 @@ class EAFOCallback(Callback):
         self._taps = ActivationTaps(self.layers, self._collect)
         self._step_at_start = -1
         self._pending: Dict[str, float] = {}
+        self.last_metrics: Dict[str, float] = {}
 
     def _check_bounds(self) -> None:
         lo, hi = self.eps_bounds
@@ -244,9 +245,14 @@ class EAFOCallback(Callback):
         if self._pending:
             for name in self._names:
                 self._pending[f"eafo/eps/{name}"] = float(self.layers[name].eps.item())
-            # Values are identical on every rank (computed from reduced sums): no sync_dist needed.
-            pl_module.log_dict(self._pending, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
+            self.last_metrics = self._pending
             self._pending = {}
+            # Written straight to the loggers: updates are already sparse (every_n_steps), and going through
+            # self.log would drop them whenever they miss the trainer's log_every_n_steps phase. Values are
+            # identical on every rank (from reduced sums), so only rank 0 does the I/O.
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics(self.last_metrics, step=trainer.global_step)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> Dict[str, Any]:
