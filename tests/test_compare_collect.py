@@ -69,7 +69,7 @@ def test_trace_and_eps_tags():
     assert not collect.is_eps_tag("steps") and not collect.is_eps_tag("val_reps")
     assert collect.is_entropy_tag("entropy/block1") and collect.is_entropy_tag("val_entropy/b1", "val_")
     assert not collect.is_entropy_tag("val_entropy/b1") and not collect.is_entropy_tag("val_acc")
-    for tag in ("lr-AdamW", "val_nonfinite/b0", "out_of_range/b0", "eafo/sigma/b0", "epoch"):
+    for tag in ("lr-AdamW/pg1", "train/lr", "val_nonfinite/b0", "out_of_range/b0", "eafo/sigma/b0", "epoch"):
         assert collect.is_trace_tag(tag), tag
     for tag in ("val_acc", "val/acc", "train_loss", "test/top1"):
         assert not collect.is_trace_tag(tag), tag

@@ -17,7 +17,7 @@ Scalars = Dict[str, List[Tuple[int, float]]]
 # ``out_of_range/``, ``nonfinite/``) and callbacks.EAFOCallback (``eafo/eps/<layer>``, ``eafo/sigma/`` …):
 # traces of the training state, plotted but kept out of the results table.
 _MONITOR_GROUPS = {"entropy", "entropy_hist", "p0", "out_of_range", "nonfinite", "eafo"}
-_TRACE = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)|^lr[-_/]|(^|/)epoch$|^hp_metric$")
+_TRACE = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)|^lr[-_/]|(^|[/_])lr$|(^|/)epoch$|^hp_metric$")
 _EPS = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)")
 _LOWER = ("loss", "err", "ppl", "perplexity", "nll", "bpc", "bpb")
 _HIGHER = ("acc", "top1", "top5", "f1", "auc", "precision", "recall", "margin", "reward")
