@@ -115,6 +115,23 @@ def test_parallel_failures_resume_and_retry(fake, capsys):
     assert "was finished with different arguments" in capsys.readouterr().err
 
 
+def test_test_added_later_and_changed_config(fake, capsys):
+    common, log, out = fake
+    argv = common + ["--activations", "good_a", "--seeds", "2"]
+    assert cli.main(argv) == 0
+    assert "test_acc" not in read_rows(out)[("good_a", 2)]
+    assert cli.main(argv + ["--test"]) == 0  # only the test phase runs now
+    assert [s[2:4] for s in starts(log)] == [["good_a", "2"], ["good_a", "2"]]
+    run = out / "runs" / "good_a" / "seed2"
+    assert "--ckpt_path=" + str(run / "checkpoints" / "epoch=2-step=30.ckpt") in (run / "test.cmd").read_text()
+    assert float(read_rows(out)[("good_a", 2)]["test_acc"]) == f32(base("good_a", 2) + 0.5)
+    cfg = Path(common[common.index("--config") + 1])
+    cfg.write_text("trainer: {max_epochs: 4}\n")
+    capsys.readouterr()
+    assert cli.main(argv) == 2 and "different version" in capsys.readouterr().err
+    assert len(starts(log)) == 2
+
+
 def test_timeout_is_a_failure(fake):
     common, log, out = fake
     t0 = time.perf_counter()
