@@ -343,3 +343,11 @@ def test_lightning_ddp_spawn_matches_single_process(tmp_path):
     r0, r1, single = (torch.load(tmp_path / f"lightning_eps_{r}_{w}.pt") for r, w in ((0, 2), (1, 2), (0, 1)))
     assert torch.equal(r0, r1)  # both layers, including the optimizer-moved regularize-mode ε
     assert r0[0] == single[0] and r0[0] != 0.4  # step-mode ε: exactly the single-process value
+
+
+def test_initial_eps_outside_bounds_is_clipped_with_warning():
+    cb = EAFOCallback(eps_bounds=(-0.5, 0.5), every_n_steps=100, warmup_steps=100)  # no EAFO update in 1 step
+    model = TinyCR(eps_init=1.5)
+    with pytest.warns(UserWarning, match="outside eps_bounds"):
+        _trainer([cb], max_steps=1).fit(model, DataLoader(_data(n=8), batch_size=8))
+    assert float(model.act1.eps) == 0.5 and float(model.act2.eps) == 0.5
