@@ -8,7 +8,7 @@ tests recompute:
   train_loss = 1/step; best val_acc = base + 0.3 at step 20, final = base + 0.2
 - ``nan``: like ``good`` but train_loss is NaN from step 20 (exit code 0)
 - ``crash``: prints a traceback ending in ``ValueError: boom <seed>`` and exits 3
-- ``slow``: sleeps 60 s (for the timeout test)
+- ``slow``: starts a ``sleep 60`` grandchild (pid in ``grandchild_fit.pid``) and sleeps 60 s
 
 ``test`` writes test_acc = base + 0.5. Each process appends ``start``/``end`` lines to $FAKE_LOG and
 saves the environment it saw to ``<run_dir>/env.json``.
@@ -64,7 +64,11 @@ def main(argv: List[str]) -> int:
         if name.startswith("crash"):
             print("Traceback (most recent call last):\n  File 'x.py', line 1\nValueError: boom", seed, file=sys.stderr)
             return 3
-        if name.startswith("slow"):
+        if name.startswith("slow"):  # with a grandchild, as dataloader workers would be
+            import subprocess
+
+            child = subprocess.Popen(["sleep", "60"])
+            (run_dir / f"grandchild_{sub}.pid").write_text(str(child.pid))
             time.sleep(60)
         if sub == "test":
             write_scalars(logdir, {"test_acc": [(30, b + 0.5)]})

@@ -132,15 +132,34 @@ def test_test_added_later_and_changed_config(fake, capsys):
     assert len(starts(log)) == 2
 
 
-def test_timeout_is_a_failure(fake):
+def alive(pid: int) -> bool:
+    """Running (zombies count as dead: an orphan's reaper may be slow in a container)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_dead(pids, seconds=10.0) -> bool:
+    deadline = time.time() + seconds
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)
+
+
+def test_timeout_is_a_failure_and_kills_the_process_group(fake):
     common, log, out = fake
     t0 = time.perf_counter()
-    assert cli.main(common + ["--activations", "slow", "--seeds", "0", "--run-timeout", "1"]) == 1
+    assert cli.main(common + ["--activations", "slow", "--seeds", "0", "--run-timeout", "3"]) == 1
     assert time.perf_counter() - t0 < 30
-    assert read_rows(out)[("slow", 0)]["error"] == "timed out after 1 s"
+    assert read_rows(out)[("slow", 0)]["error"] == "timed out after 3 s"
+    grandchild = out / "runs" / "slow" / "seed0" / "grandchild_fit.pid"
+    assert grandchild.exists() and wait_dead([int(grandchild.read_text())])
 
 
-def test_ctrl_c_stops_children_and_leaves_runs_unfinished(fake):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_children_and_leaves_runs_unfinished(fake, sig):
     common, log, out = fake
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "crrelu_lightning", "compare", *common,
@@ -149,11 +168,12 @@ def test_ctrl_c_stops_children_and_leaves_runs_unfinished(fake):
     deadline = time.time() + 60
     while len(starts(log)) < 2 and time.time() < deadline:
         time.sleep(0.1)
+    pid_files = [out / "runs" / "slow" / f"seed{i}" / "grandchild_fit.pid" for i in (0, 1)]
+    while not all(p.exists() for p in pid_files) and time.time() < deadline:
+        time.sleep(0.1)
     assert len(starts(log)) == 2, proc.communicate(timeout=5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun the same command to resume" in err
     assert not list(out.glob("runs/*/*/done.json"))  # interrupted runs are not "finished"
-    for s in starts(log):
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(s[4]), 0)
+    assert wait_dead([int(s[4]) for s in starts(log)] + [int(p.read_text()) for p in pid_files])

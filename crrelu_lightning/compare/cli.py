@@ -17,7 +17,9 @@ import os
 import platform
 import re
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -173,6 +175,20 @@ def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], record
     return made
 
 
+def _run_interruptibly(settings: runner.Settings, specs: List[runner.RunSpec]) -> List[Dict[str, Any]]:
+    """``run_all`` with SIGTERM treated like Ctrl-C, so a killed runner stops its children too."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    try:
+        return runner.run_all(settings, specs)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tail: List[str] = []
@@ -212,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             specs = [s for s, r in zip(specs, records) if r is not None]
             records = [r for r in records if r is not None]
         else:
-            records = runner.run_all(settings, specs)
+            records = _run_interruptibly(settings, specs)
     except ValueError as exc:
         print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
         return 2

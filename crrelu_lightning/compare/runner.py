@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -214,12 +215,20 @@ class _Processes:
             self.stopping = True
             procs = list(self.live)
         for p in procs:
-            p.terminate()
+            _signal_group(p, signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                _signal_group(p, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the run's whole process group (dataloader workers, DDP ranks), not just its leader."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _execute(cmd: List[str], run_dir: Path, name: str, env: Dict[str, str], timeout: Optional[float],
@@ -242,7 +251,7 @@ def _execute(cmd: List[str], run_dir: Path, name: str, env: Dict[str, str], time
         try:
             rc: Optional[int] = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
             rc = None
         finally:
