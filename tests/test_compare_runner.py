@@ -125,6 +125,10 @@ def test_test_added_later_and_changed_config(fake, capsys):
     run = out / "runs" / "good_a" / "seed2"
     assert "--ckpt_path=" + str(run / "checkpoints" / "epoch=2-step=30.ckpt") in (run / "test.cmd").read_text()
     assert float(read_rows(out)[("good_a", 2)]["test_acc"]) == f32(base("good_a", 2) + 0.5)
+    before = (out / "results.csv").read_text()
+    (out / "results.csv").unlink()
+    assert cli.main(argv + ["--report-only", "--seeds", "2,3"]) == 0  # seed 3 never ran: reported as missing
+    assert (out / "results.csv").read_text() == before and len(starts(log)) == 2
     cfg = Path(common[common.index("--config") + 1])
     cfg.write_text("trainer: {max_epochs: 4}\n")
     capsys.readouterr()
