@@ -7,7 +7,7 @@ from typing import Any
 # name -> module that defines it; add new callbacks here.
 _EXPORTS = {
     "ActivationEntropyMonitor": "callbacks.entropy_monitor",
-    # EAFO engineer: "EAFOCallback": "callbacks.eafo",
+    "EAFOCallback": "callbacks.eafo",
 }
 
 __all__ = sorted(_EXPORTS)
