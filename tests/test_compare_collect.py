@@ -177,6 +177,13 @@ def test_cli_bad_input(tmp_path, capsys, argv, needle):
         assert "crrelu" in err and "gelu" in err  # the registry is listed
 
 
+def test_cli_unreadable_config(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("trainer: [unclosed\n")
+    assert cli.main(["--config", str(cfg), "--activations", "gelu"]) == 2
+    assert f"cannot read --config {cfg}" in capsys.readouterr().err
+
+
 def test_cli_missing_config_and_dry_run(tmp_path, capsys):
     assert cli.main(["--config", str(tmp_path / "nope.yaml"), "--activations", "gelu"]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err

@@ -129,6 +129,9 @@ def test_test_added_later_and_changed_config(fake, capsys):
     (out / "results.csv").unlink()
     assert cli.main(argv + ["--report-only", "--seeds", "2,3"]) == 0  # seed 3 never ran: reported as missing
     assert (out / "results.csv").read_text() == before and len(starts(log)) == 2
+    assert cli.main(argv + ["--report-only", "--metric", "val_acc", "--mode", "min"]) == 0
+    row = read_rows(out)[("good_a", 2)]
+    assert (float(row["best"]), int(row["best_step"])) == (f32(base("good_a", 2) + 0.1), 10)
     cfg = Path(common[common.index("--config") + 1])
     cfg.write_text("trainer: {max_epochs: 4}\n")
     capsys.readouterr()

@@ -130,6 +130,10 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.S
     config = a.config.expanduser().resolve()
     if not config.is_file():
         raise ValueError(f"--config {a.config} does not exist (looked at {config})")
+    try:
+        runner.config_callbacks(config)
+    except Exception as exc:  # unreadable YAML: say so before any run starts
+        raise ValueError(f"cannot read --config {config}: {exc}") from None
     for flag, value in (("--parallel", a.parallel), ("--threads-per-run", a.threads_per_run),
                         ("--max-steps", a.max_steps), ("--run-timeout", a.run_timeout)):
         if value is not None and value < 1:
@@ -149,12 +153,17 @@ def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], record
     """results.csv, plots/*.png and summary.md under ``settings.out``; returns the plot paths."""
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(records, out / "results.csv")
     data: Dict[str, List[collect.Scalars]] = {}
     for spec, rec in zip(specs, records):
+        scalars = collect.read_scalars(spec.run_dir / "tb" / "fit")
+        if scalars:  # recomputed from the logs, so --metric/--mode also apply to runs finished earlier
+            steps = rec["metrics"].get("steps")
+            rec["metrics"] = collect.summarize(scalars, settings.metric, settings.mode)
+            rec["metrics"]["steps"] = steps if steps is not None else rec["metrics"]["steps"]
         data.setdefault(spec.label, [])
         if rec["status"] == "ok":  # a crashed run's partial curve would bias the mean
-            data[spec.label].append(collect.read_scalars(spec.run_dir / "tb" / "fit"))
+            data[spec.label].append(scalars)
+    report.write_csv(records, out / "results.csv")
     tags = sorted({t for runs in data.values() for s in runs for t in s})
     metric = next((r["metrics"]["metric"] for r in records if r["metrics"].get("metric")), None)
     val = [t for t in tags if re.match(r"^(val|valid|validation)[/_]", t) and not collect.is_trace_tag(t)]
