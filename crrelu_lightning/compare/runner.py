@@ -374,23 +374,30 @@ def config_digest(config: Path) -> str:
     return hashlib.sha256(Path(config).read_bytes()).hexdigest()
 
 
-def check_compatible(settings: Settings, specs: List[RunSpec]) -> None:
-    """Refuse to mix results made with a different fit command (config, budget, extras) into one table."""
+def incompatibilities(settings: Settings, specs: List[RunSpec]) -> List[str]:
+    """Finished runs made with a different fit command or config contents than ``settings`` would use."""
+    problems = []
+    digest = config_digest(settings.config)
     for spec in specs:
         rec = load_done(spec)
         if rec is None:
             continue
         new = cli_args(settings, spec, "fit")
-        if rec.get("config_sha256") != config_digest(settings.config):
-            raise ValueError(
-                f"{spec.run_dir} was finished with a different version of {settings.config} (its contents "
-                "changed). Use a new --out, or delete that run folder to rerun it."
-            )
-        if rec.get("fit_args") != new:
-            raise ValueError(
-                f"{spec.run_dir} was finished with different arguments:\n  was: {shlex.join(rec.get('fit_args') or [])}"
-                f"\n  now: {shlex.join(new)}\nUse a new --out, or delete that run folder to rerun it."
-            )
+        if rec.get("config_sha256") != digest:
+            problems.append(f"{spec.run_dir} was finished with a different version of {settings.config} "
+                            "(its contents changed).")
+        elif rec.get("fit_args") != new:
+            problems.append(f"{spec.run_dir} was finished with different arguments:\n  was: "
+                            f"{shlex.join(rec.get('fit_args') or [])}\n  now: {shlex.join(new)}")
+    return problems
+
+
+def check_compatible(settings: Settings, specs: List[RunSpec]) -> None:
+    """Refuse to mix results made with a different fit command (config, budget, extras) into one table."""
+    problems = incompatibilities(settings, specs)
+    if problems:
+        raise ValueError(f"{problems[0]}\nUse a new --out, or delete that run folder to rerun it"
+                         + (f" ({len(problems) - 1} more runs differ)." if len(problems) > 1 else "."))
 
 
 def run_all(settings: Settings, specs: List[RunSpec], log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
