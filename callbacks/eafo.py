@@ -25,6 +25,11 @@ from crrelu_lightning.entropy import eafo as E
 _MODES = ("step", "regularize")
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" name the same device for a generator created from the root device.
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 class EAFOCallback(Callback):
     """Dynamic EAFO for every ``CRActivation`` in the model.
 
@@ -170,7 +175,7 @@ class EAFOCallback(Callback):
         x = x.reshape(-1)
         cap = self.max_samples_per_call
         if cap is not None and x.numel() > cap:
-            if self._gen.device != x.device:  # model moved after setup: follow it, same seed stream
+            if not _same_device(self._gen.device, x.device):  # model moved after setup: follow it
                 gen = torch.Generator(device=x.device)
                 gen.manual_seed(self._gen.initial_seed())
                 self._gen = gen
