@@ -80,10 +80,10 @@ def test_shakespeare_then_sentiment_dpo_via_cli(tmp_path, monkeypatch):
         cli_main(["fit", "--config", str(CONFIGS / "sentiment_dpo.yaml"), *QUICK])
 
 
-def test_entropy_monitor_runs_on_gpt_lm_and_dpo(tmp_path):
+def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
     from lightning.pytorch import Trainer
 
-    from callbacks import ActivationEntropyMonitor
+    from callbacks import ActivationEntropyMonitor, EAFOCallback
     from crrelu_lightning.data.preference import PreferenceDataModule
     from crrelu_lightning.data.text import TextDataModule
     from crrelu_lightning.models.dpo import DPO
@@ -92,13 +92,16 @@ def test_entropy_monitor_runs_on_gpt_lm_and_dpo(tmp_path):
     write_corpus(tmp_path)
     dm = TextDataModule(paths=str(tmp_path / "data" / "shakespeare"), val_files="shakespeare", block_size=16,
                         batch_size=4, train_samples_per_epoch=16, max_val_blocks=4)
+    # ε is not learnable here, so only the EAFO callback can move it
+    frozen_eps = {"learnable": False}
     model = CausalLM(n_layer=2, n_head=2, n_embd=16, block_size=16, activation="crrelu", sample_tokens=0,
-                     warmup_steps=1)
+                     warmup_steps=1, activation_kwargs=frozen_eps)
 
     def fit(model, dm):
         monitor = ActivationEntropyMonitor(every_n_steps=1, log_histograms_every_n_steps=None,
                                            log_image_every_n_steps=None)
-        trainer = Trainer(accelerator="cpu", max_steps=3, callbacks=[monitor], logger=False,
+        eafo = EAFOCallback(mode="step", lr=0.05, every_n_steps=1)
+        trainer = Trainer(accelerator="cpu", max_steps=3, callbacks=[monitor, eafo], logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                           limit_val_batches=1)
         trainer.fit(model, dm)
@@ -107,8 +110,12 @@ def test_entropy_monitor_runs_on_gpt_lm_and_dpo(tmp_path):
         return keys
 
     assert len(fit(model, dm)) == 2  # one per block
+    assert all(b.mlp.act.eps.item() != pytest.approx(0.01) for b in model.model.transformer.h)  # EAFO moved ε
     write_sentiment(tmp_path)
     pm = PreferenceDataModule(format="sentiment", train_path=str(tmp_path / "data" / "sentiment"), max_length=16,
                               max_prompt_length=8, batch_size=2, on_error="skip")
-    dpo = DPO(n_layer=2, n_head=2, n_embd=16, block_size=16, activation="crrelu", lr=1e-3, warmup_steps=1)
+    dpo = DPO(n_layer=2, n_head=2, n_embd=16, block_size=16, activation="crrelu", lr=1e-3, warmup_steps=1,
+              activation_kwargs=frozen_eps)
     assert len(fit(dpo, pm)) == 2  # the policy's two layers only: the frozen reference is not monitored
+    assert all(b.mlp.act.eps.item() != pytest.approx(0.01) for b in dpo.policy.transformer.h)
+    assert all(b.mlp.act.eps.item() == pytest.approx(0.01) for b in dpo.reference.transformer.h)
