@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_fake import write_scalars  # noqa: E402
@@ -131,22 +132,44 @@ def test_run_callbacks_rewrites_checkpoint_dirs(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("trainer:\n  callbacks:\n"
                    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                   "      init_args: {monitor: val_acc, dirpath: shared}\n"
+                   "      init_args: {monitor: val_acc, dirpath: shared, save_last: true}\n"
                    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                   "      init_args: {save_last: false, dirpath: shared}\n"
+                   "      init_args: {dirpath: shared}\n"
                    "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n")
-    cbs = runner.run_callbacks(cfg, tmp_path / "run")
-    assert cbs[0]["init_args"] == {"monitor": "val_acc", "dirpath": str(tmp_path / "run" / "checkpoints"),
-                                   "save_last": True}
-    assert cbs[1]["init_args"] == {"save_last": False, "dirpath": str(tmp_path / "run" / "checkpoints_1")}
+    run = tmp_path / "run"
+    cbs = runner.run_callbacks(cfg, run)
+    assert cbs[0]["init_args"] == {"monitor": "val_acc", "dirpath": str(run / "checkpoints"), "save_last": True}
+    assert cbs[1]["init_args"] == {"dirpath": str(run / "checkpoints_1")}
     assert cbs[2] == {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
-    # trainer section in its own file, no checkpoint callback: one is added
+    assert cbs[3] == runner.resume_callback(run) and len(cbs) == 4
+    assert cbs[3]["init_args"]["dirpath"] == str(run / "resume") and cbs[3]["init_args"]["monitor"] is None
+    # trainer section in its own file, no callbacks: only the resume checkpoint
     (tmp_path / "t.yaml").write_text("max_epochs: 1\n")
     cfg.write_text("trainer: t.yaml\n")
-    assert runner.run_callbacks(cfg, tmp_path / "r")[0]["init_args"] == {
-        "dirpath": str(tmp_path / "r" / "checkpoints"), "save_last": True}
+    assert runner.run_callbacks(cfg, run) == [runner.resume_callback(run)]
     cfg.write_text("trainer: {enable_checkpointing: false}\n")
-    assert runner.run_callbacks(cfg, tmp_path / "r") is None
+    assert runner.run_callbacks(cfg, run) is None
+
+
+def test_resume_checkpoint_is_fresh_where_last_ckpt_is_not(tmp_path):
+    """Lightning refreshes a monitored ``last.ckpt`` only on improvement; the runner's checkpoint is current."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_toy import ToyClassifier, ToyDataModule
+
+    run = tmp_path / "run"
+    cb = runner.resume_callback(run)["init_args"]
+    trainer = pl.Trainer(max_epochs=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", monitor="val_loss", mode="max",
+                                                    save_last=True), ModelCheckpoint(**cb)])
+    # mode="max" on a falling loss: only the first epoch "improves", so last.ckpt stays at epoch 0
+    trainer.fit(ToyClassifier(lr=0.2), ToyDataModule(n_train=128))
+    assert trainer.global_step == 6 * 2
+    assert runner.checkpoint_step(run) == trainer.global_step
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] < trainer.global_step
+    assert runner.best_checkpoint(run) == Path(trainer.checkpoint_callbacks[0].best_model_path)
 
 
 def test_error_message_prefers_exception_line():
@@ -199,5 +222,5 @@ def test_cli_missing_config_and_dry_run(tmp_path, capsys):
     assert '--model.activation_kwargs={"eps": 0.5}' in lines[1]
     assert "--trainer.max_steps=7" in lines[3] and lines[3][-1] == "--trainer.max_epochs=2"
     callbacks = json.loads(next(a for a in lines[3] if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
-    assert callbacks[0]["init_args"]["dirpath"] == str(tmp_path / "o" / "runs" / "e5" / "seed4" / "checkpoints")
+    assert callbacks[0]["init_args"]["dirpath"] == str(tmp_path / "o" / "runs" / "e5" / "seed4" / "resume")
     assert not (tmp_path / "o").exists()  # a dry run writes nothing

@@ -96,13 +96,14 @@ def test_parallel_failures_resume_and_retry(fake, capsys):
     assert cli.main(argv) == 1
     assert len(starts(log)) == n and "8 already finished, 0 to run" in capsys.readouterr().out
 
-    # An unfinished run (no done.json) with a last.ckpt is resumed from it; only that run runs.
+    # An unfinished run (no done.json) with a resume checkpoint is resumed from it; only that run runs.
     run = out / "runs" / "good_a" / "seed1"
     (run / "done.json").unlink()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"interrupted")
+    (run / "resume").mkdir()
+    (run / "resume" / "resume.ckpt").write_bytes(b"interrupted")
     assert cli.main(argv) == 1
     assert [s[2:4] for s in starts(log)[n:]] == [["good_a", "1"], ["good_a", "1"]]  # fit + test
-    assert f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in (run / "fit.cmd").read_text()
+    assert f"--ckpt_path={run / 'resume' / 'resume.ckpt'}" in (run / "fit.cmd").read_text()
     assert read_rows(out)[("good_a", 1)]["status"] == "ok"
 
     # --retry-failed reruns exactly the failed ones.

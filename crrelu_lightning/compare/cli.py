@@ -5,7 +5,7 @@
         [--activation-kwargs 'crrelu:{"eps": 0.05}'] [--extra=--trainer.max_epochs=3 ...] [-- EXTRA ARGS]
 
 Rerunning the same command resumes: finished runs are skipped, unfinished ones restart from their
-``last.ckpt``. Exit code 0 when every run succeeded, 1 when some failed (the report is written anyway),
+latest checkpoint. Exit code 0 when every run succeeded, 1 when some failed (the report is written anyway),
 2 for bad arguments. See docs/compare.md.
 """
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Layout under ``OUT``::
 
     runs/<label>/seed<S>/   fit.cmd, fit.stdout.log, fit.stderr.log, tb/fit/ (TensorBoard), checkpoints/,
-                            [test.cmd, test.*.log, tb/test/], done.json (written when the run is finished)
+                            resume/resume.ckpt, [test.cmd, test.*.log, tb/test/], done.json (when finished)
 
 A run with ``done.json`` is finished and skipped next time (failed ones too, unless ``retry_failed``);
-a run without it is (re)started, from ``checkpoints/last.ckpt`` when one exists.
+a run without it is (re)started, from ``resume/resume.ckpt`` when one exists.
 """
 from __future__ import annotations
 
@@ -103,11 +103,21 @@ def config_callbacks(config: Path) -> Tuple[List[Any], bool]:
     return callbacks, trainer.get("enable_checkpointing", True) is not False
 
 
-def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
-    """The config's callbacks with every ModelCheckpoint writing into ``run_dir`` (so runs don't collide).
+def resume_callback(run_dir: Path) -> Dict[str, Any]:
+    """The runner's own checkpoint: the latest state, overwritten every epoch and at the end of training.
 
-    The first checkpoint callback also saves ``last.ckpt`` unless the config says ``save_last: false``
-    (resume needs it; training is unaffected). With no checkpoint callback one is added. ``None`` means
+    Needed because Lightning (2.6 here) refreshes ``last.ckpt`` only when a top-k checkpoint is saved, so a
+    monitored ``save_last`` checkpoint can be epochs old.
+    """
+    return {"class_path": CHECKPOINT_CLASS,
+            "init_args": {"dirpath": str(run_dir / "resume"), "filename": "resume", "monitor": None,
+                          "save_top_k": 1, "save_last": False, "enable_version_counter": False}}
+
+
+def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
+    """The config's callbacks with every ModelCheckpoint writing into ``run_dir``, plus the resume checkpoint.
+
+    Runs therefore never overwrite each other's checkpoints; training is unaffected. ``None`` means
     "leave the config's callbacks alone" (checkpointing disabled and nothing to rewrite).
     """
     callbacks, enabled = config_callbacks(config)
@@ -115,19 +125,13 @@ def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
     for cb in callbacks:
         cb = {"class_path": cb} if isinstance(cb, str) else json.loads(json.dumps(cb))
         if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
-            args = cb.setdefault("init_args", {}) or {}
-            cb["init_args"] = args
-            args["dirpath"] = str(run_dir / ("checkpoints" if n_ckpt == 0 else f"checkpoints_{n_ckpt}"))
-            if n_ckpt == 0 and args.get("save_last") is None:
-                args["save_last"] = True
+            cb["init_args"] = dict(cb.get("init_args") or {})
+            cb["init_args"]["dirpath"] = str(run_dir / ("checkpoints" if n_ckpt == 0 else f"checkpoints_{n_ckpt}"))
             n_ckpt += 1
         out.append(cb)
-    if n_ckpt == 0:
-        if not enabled:
-            return None
-        out.append({"class_path": CHECKPOINT_CLASS,
-                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}})
-    return out
+    if not enabled:
+        return out if n_ckpt else None
+    return out + [resume_callback(run_dir)]
 
 
 def _trainer_overrides(settings: Settings, spec: RunSpec, version: str,
@@ -167,28 +171,36 @@ def _checkpoint(path: Path) -> Dict[str, Any]:
         return {}
 
 
-def checkpoint_step(ckpt_dir: Path) -> Optional[int]:
-    """``global_step`` (optimizer steps taken) stored in ``last.ckpt``, or ``None``."""
-    last = ckpt_dir / "last.ckpt"
-    step = _checkpoint(last).get("global_step") if last.exists() else None
+def resume_path(run_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume an unfinished run from: the runner's resume checkpoint, else a ``last.ckpt``."""
+    for path in (run_dir / "resume" / "resume.ckpt", run_dir / "checkpoints" / "last.ckpt"):
+        if path.exists():
+            return path
+    return None
+
+
+def checkpoint_step(run_dir: Path) -> Optional[int]:
+    """``global_step`` (optimizer steps taken) stored in the resume checkpoint, or ``None``."""
+    path = resume_path(run_dir)
+    step = _checkpoint(path).get("global_step") if path else None
     return int(step) if step is not None else None
 
 
-def best_checkpoint(ckpt_dir: Path) -> Optional[Path]:
-    """Best checkpoint of a finished fit: ``best_model_path`` from ``last.ckpt``'s ModelCheckpoint state,
-    else the only (or newest) non-last ``*.ckpt``, else ``last.ckpt``; ``None`` when there is none."""
-    last = ckpt_dir / "last.ckpt"
-    if last.exists():
-        for key, cb in (_checkpoint(last).get("callbacks") or {}).items():
-            if key.startswith("ModelCheckpoint") and isinstance(cb, dict) and cb.get("best_model_path"):
-                path = Path(cb["best_model_path"])
-                if path.exists():
-                    return path
-    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if not p.name.startswith("last")),
+def best_checkpoint(run_dir: Path) -> Optional[Path]:
+    """Checkpoint to test: the ``best_model_path`` of the config's monitored ModelCheckpoint (read from the
+    resume checkpoint's callback state), else the newest ``checkpoints/*.ckpt`` that is not ``last``, else
+    the resume checkpoint (the final weights); ``None`` when there is none."""
+    resume = resume_path(run_dir)
+    if resume is not None:
+        for key, cb in (_checkpoint(resume).get("callbacks") or {}).items():
+            if (key.startswith("ModelCheckpoint") and isinstance(cb, dict) and cb.get("monitor")
+                    and cb.get("best_model_path") and Path(cb["best_model_path"]).exists()):
+                return Path(cb["best_model_path"])
+    others = sorted((p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("last")),
                     key=lambda p: p.stat().st_mtime)
     if others:
         return others[-1]
-    return last if last.exists() else None
+    return resume
 
 
 # ----------------------------------------------------------------------------------------- execution
@@ -294,20 +306,19 @@ def run_one(settings: Settings, spec: RunSpec, slot: int, procs: Optional[_Proce
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     (spec.run_dir / DONE).unlink(missing_ok=True)
     fit_args = cli_args(settings, spec, "fit")
-    last = spec.run_dir / "checkpoints" / "last.ckpt"
-    resumed = last.exists()
-    cmd = _command(settings, fit_args + ([f"--ckpt_path={last}"] if resumed else []))
+    last = resume_path(spec.run_dir)
+    cmd = _command(settings, fit_args + ([f"--ckpt_path={last}"] if last else []))
     rc, wall, tail = _execute(cmd, spec.run_dir, "fit", env, settings.run_timeout, procs)
 
     scalars = collect.read_scalars(spec.run_dir / "tb" / "fit")
     record: Dict[str, Any] = {
         "label": spec.label, "activation": spec.activation, "kwargs": spec.kwargs, "seed": spec.seed,
         "status": "ok", "error": "", "stderr_tail": [], "returncode": rc, "wall_time_s": round(wall, 3),
-        "resumed_from": str(last) if resumed else None, "fit_args": fit_args,
+        "resumed_from": str(last) if last else None, "fit_args": fit_args,
         "config_sha256": config_digest(settings.config), "fit_command": shlex.join(cmd),
         "metrics": collect.summarize(scalars, settings.metric, settings.mode), "test_metrics": {},
     }
-    step = checkpoint_step(spec.run_dir / "checkpoints")
+    step = checkpoint_step(spec.run_dir)
     if step is not None:  # optimizer steps taken; the last *logged* step can lag by log_every_n_steps
         record["metrics"]["steps"] = step
     if rc != 0:
@@ -324,9 +335,9 @@ def run_one(settings: Settings, spec: RunSpec, slot: int, procs: Optional[_Proce
 
 def _run_test(settings: Settings, spec: RunSpec, slot: int, env: Dict[str, str], record: Dict[str, Any],
               procs: _Processes) -> None:
-    ckpt = best_checkpoint(spec.run_dir / "checkpoints")
+    ckpt = best_checkpoint(spec.run_dir)
     if ckpt is None:
-        record.update(status="failed", error=f"test: no checkpoint in {spec.run_dir / 'checkpoints'}")
+        record.update(status="failed", error=f"test: no checkpoint under {spec.run_dir}")
         return
     cmd = _command(settings, cli_args(settings, spec, "test") + [f"--ckpt_path={ckpt}"])
     rc, wall, tail = _execute(cmd, spec.run_dir, "test", env, settings.run_timeout, procs)
@@ -404,7 +415,7 @@ def run_all(settings: Settings, specs: List[RunSpec], log: Callable[[str], None]
     """Run the unfinished specs, ``settings.parallel`` at a time; return one record per spec (in order).
 
     Each record has ``ran`` = whether it was run in this call. Ctrl-C stops every child and re-raises;
-    interrupted runs get no ``done.json`` and rerun (resuming from ``last.ckpt``) next time.
+    interrupted runs get no ``done.json`` and rerun (resuming from their checkpoint) next time.
     """
     check_compatible(settings, specs)
     records: Dict[int, Dict[str, Any]] = {}
