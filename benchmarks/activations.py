@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crrelu_lightning.activations import available_activations, build_activation  # noqa: E402
 from crrelu_lightning.activations.registry import activation_class  # noqa: E402
 
-CR_NAMES = ("crrelu", "crgelu", "crsilu", "crmish")
+CR_CLASSES = tuple(activation_class(n) for n in ("crrelu", "crgelu", "crsilu", "crmish"))
 
 
 def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
@@ -47,24 +47,25 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
 
 
 def unique_entries(names: List[str]) -> List[str]:
-    """Registry names without aliases (first name per class, in the given order)."""
-    out, classes = [], set()
+    """Registry names without aliases, one per class (its class name if registered, else its shortest name)."""
+    by_class: Dict[type, List[str]] = {}
     for name in names:
-        cls = activation_class(name)
-        if cls in classes:
-            continue
-        classes.add(cls)
-        out.append(name)
+        by_class.setdefault(activation_class(name), []).append(name)
+    out = []
+    for cls, aliases in by_class.items():
+        preferred = cls.__name__.lower()
+        out.append(preferred if preferred in aliases else min(aliases, key=lambda n: (len(n), n)))
     return out
 
 
 def build_cases(names: List[str], impl: str) -> List[Tuple[str, torch.nn.Module]]:
     cases: List[Tuple[str, torch.nn.Module]] = []
     for name in names:
-        if name in CR_NAMES:
+        if activation_class(name) in CR_CLASSES:
             cases.append((name if impl == "compiled" else f"{name} ({impl})", build_activation(name, impl=impl)))
-            if name == "crrelu":
-                cases.append(("crrelu (eager Function)", build_activation(name, impl="eager")))
+            if activation_class(name) is activation_class("crrelu"):
+                if impl != "eager":
+                    cases.append(("crrelu (eager Function)", build_activation(name, impl="eager")))
                 cases.append(("crrelu (paper expression)", build_activation(name, impl="reference")))
         else:
             cases.append((name, build_activation(name)))
@@ -80,9 +81,7 @@ def run(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     names = list(args.activations) if args.activations and args.activations != ["all"] else available_activations()
-    names = unique_entries([n.lower() for n in names])
-    if "gelu" not in names:
-        names.insert(0, "gelu")
+    names = unique_entries(["gelu"] + [n.lower() for n in names])
     cases = build_cases(names, args.impl)
     torch.manual_seed(0)
     x = torch.randn(args.numel, device=device, dtype=dtype, requires_grad=True)

@@ -248,7 +248,14 @@ def _backward(x, dy, eps, base: str, sigma: float, compiled: bool) -> Tuple[torc
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
+    """A 1-D alias of (a contiguous copy of) ``t`` that is not a view.
+
+    A ``view(-1)`` would carry ``_base``, and Dynamo guards on the base's rank and strides, recompiling the
+    bodies for every input rank; a fresh tensor set to the same storage keeps one graph for all shapes.
+    """
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
 class CRFunction(torch.autograd.Function):
