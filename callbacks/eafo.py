@@ -121,10 +121,10 @@ class EAFOCallback(Callback):
         self._b0 = [E.branch_cut(m.base, self.slope_floor) for m in self.layers.values()]
         device = trainer.strategy.root_device
         self._acc = torch.zeros(len(self._names), len(E.SUM_FIELDS), dtype=torch.int64, device=device)
+        self._rank, self._world = trainer.global_rank, getattr(trainer, "world_size", 1)
         self._gen = torch.Generator(device=device)
-        self._gen.manual_seed(self.seed + 1_000_003 * trainer.global_rank)
-        if self._loaded_generator is not None:
-            self._gen.set_state(self._loaded_generator)
+        self._gen.manual_seed(self.seed + 1_000_003 * self._rank)
+        self._restore_generator()
         self._taps = ActivationTaps(self.layers, self._collect)
         self._step_at_start = -1
         self._pending: Dict[str, float] = {}
@@ -272,6 +272,16 @@ class EAFOCallback(Callback):
         self.updates_done = int(state_dict["updates_done"])
         self.running_sigma = {k: float(v) for k, v in state_dict["running_sigma"].items()}
         self._loaded_generator = state_dict.get("generator")
+        self._restore_generator()  # Lightning restores callbacks after setup(): apply to the live generator
+
+    def _restore_generator(self) -> None:
         gen = getattr(self, "_gen", None)
-        if gen is not None and self._loaded_generator is not None:
-            gen.set_state(self._loaded_generator)
+        if gen is None or self._loaded_generator is None:
+            return
+        if self._world == 1:
+            gen.set_state(self._loaded_generator)  # exact continuation of the sample stream
+        else:
+            # A checkpoint holds rank 0's stream only: give every rank a fresh stream of its own rather than
+            # have all ranks draw the same indices.
+            gen.manual_seed(self.seed + 1_000_003 * self._rank + 7_919 * (self.updates_done + 1))
+        self._loaded_generator = None

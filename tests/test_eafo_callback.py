@@ -213,6 +213,7 @@ def test_resume_restores_state_and_eps(tmp_path):
     resumed_model, resumed_cb = fit(2, ckpt=str(ckpt))
     assert resumed_cb.updates_done == full_cb.updates_done == 6
     assert resumed_cb.running_sigma == full_cb.running_sigma
+    assert torch.equal(resumed_cb._gen.get_state(), full_cb._gen.get_state())  # same subsample stream
     assert resumed_model.act2.sigma == full_model.act2.sigma == full_cb.running_sigma["act2"] != 1.0
     for a, b in zip(full_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
@@ -251,7 +252,9 @@ def _run_eafo_steps(rank, world, steps=4, batch=48):
             model.act2(2.0 * shard + 0.3)
         trainer.global_step += 1
         cb.on_train_batch_end(trainer, model, None, None, step)
-        traj.append(torch.stack([model.act1.eps.detach().clone(), model.act2.eps.detach().clone()]))
+        # ε is float32, which would hide last-bit differences of the reduced statistic: record both
+        g = [cb.last_metrics[f"eafo/dH_deps/{n}"] for n in ("act1", "act2")]
+        traj.append(torch.tensor([float(model.act1.eps), float(model.act2.eps), *g], dtype=torch.float64))
     cb.teardown(trainer, model, "fit")
     return torch.stack(traj)
 
