@@ -207,3 +207,20 @@ def test_cli_bad_input(capsys, argv, msg):
         eafo_main(argv)
     assert exc.value.code == 2
     assert msg in capsys.readouterr().err
+
+
+def test_histogram_from_entropy_estimator_roundtrip(tmp_path):
+    """Pre-activations recorded by the entropy package's HistogramEstimator feed the static tool."""
+    from crrelu_lightning.entropy import HistogramEstimator
+
+    est = HistogramEstimator(-8.0, 8.0, bin_width=0.01)
+    x = torch.randn(2_000_000, generator=torch.Generator().manual_seed(4))
+    est.update(torch.cat([x, torch.zeros(7)]))
+    hist = E.HistogramInput.from_estimator(est)
+    assert sum(hist.counts) == x.numel() + 7  # the zero atom went back into the bin at 0
+    path = tmp_path / "layer.json"
+    hist.save(path)
+    rec = E.branch_record("relu", E.HistogramInput.load(path), -0.1)
+    ref = E.branch_record("relu", E.NormalInput(), -0.1)
+    assert rec["delta_entropy"] == pytest.approx(ref["delta_entropy"], abs=2e-3)  # sampling noise, 1e6 on B
+    assert rec["d_entropy_d_eps"] == pytest.approx(ref["d_entropy_d_eps"], rel=1e-2)

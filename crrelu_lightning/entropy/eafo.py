@@ -118,6 +118,33 @@ class HistogramInput:
             raise ValueError(f"{path}: JSON histogram must be an object with keys 'counts' and 'edges'")
         return cls.from_arrays(data["counts"], data["edges"])
 
+    @classmethod
+    def from_estimator(cls, estimator, row: Optional[int] = None) -> "HistogramInput":
+        """From a ``crrelu_lightning.entropy.HistogramEstimator`` that recorded a layer's *inputs*.
+
+        Exact zeros (a separate column there) go back into the bin holding 0. Under/overflow and
+        non-finite counts have no place on the bins and are dropped: choose the range to cover the data.
+        """
+        from crrelu_lightning.entropy.estimators import EXTRA_COLUMNS, ZEROS
+
+        counts = estimator.state_tensor()
+        counts = counts if row is None else counts[row]
+        if counts.dim() != 1:
+            raise ValueError(f"estimator has {counts.shape[0]} rows: pass row=<layer index>")
+        c = counts[:-EXTRA_COLUMNS].double().cpu().numpy().copy()
+        edges = estimator.bin_edges().numpy()
+        if edges[0] <= 0.0 < edges[-1]:
+            c[int(np.searchsorted(edges, 0.0, side="right")) - 1] += float(counts[-EXTRA_COLUMNS + ZEROS])
+        return cls.from_arrays(c, edges)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write the JSON (``.json``) or NPZ (``.npz``) format that ``load`` reads."""
+        path = Path(path)
+        if path.suffix == ".npz":
+            np.savez(path, counts=np.asarray(self.counts), edges=np.asarray(self.edges))
+        else:
+            path.write_text(json.dumps({"counts": list(self.counts), "edges": list(self.edges)}))
+
     @property
     def _density(self) -> np.ndarray:
         c = np.asarray(self.counts)
