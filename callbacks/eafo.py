@@ -25,6 +25,15 @@ from crrelu_lightning.entropy import eafo as E
 _MODES = ("step", "regularize")
 
 
+def _snap_sigma(sigma: float) -> float:
+    """σ rounded to the grid 2^(k/16) (steps of 4.4 %).
+
+    The compiled CR kernels treat σ as a constant, one graph per value. Snapping bounds the number of
+    recompiles that a drifting running σ can trigger.
+    """
+    return 2.0 ** (round(16.0 * math.log2(sigma)) / 16.0)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     # "cuda" and "cuda:0" name the same device for a generator created from the root device.
     return a.type == b.type and (a.index or 0) == (b.index or 0)
@@ -157,7 +166,7 @@ class EAFOCallback(Callback):
         if self.updates and self.track_sigma:
             for name, s in self.running_sigma.items():
                 if name in self.layers:
-                    self.layers[name].sigma = s
+                    self.layers[name].sigma = _snap_sigma(s)
         if self.updates:
             lo, hi = self.eps_bounds
             outside = {n: float(m.eps) for n, m in self.layers.items() if not lo <= float(m.eps) <= hi}
@@ -209,7 +218,7 @@ class EAFOCallback(Callback):
                     self.running_sigma[name] = s
                     pending[f"eafo/sigma/{name}"] = s
                     if self.updates:
-                        module.sigma = s
+                        module.sigma = _snap_sigma(s)
             if st["count"] == 0:  # no input on the branch this time: nothing to estimate
                 continue
             g = st["dH_deps"]

@@ -214,7 +214,8 @@ def test_resume_restores_state_and_eps(tmp_path):
     assert resumed_cb.updates_done == full_cb.updates_done == 6
     assert resumed_cb.running_sigma == full_cb.running_sigma
     assert torch.equal(resumed_cb._gen.get_state(), full_cb._gen.get_state())  # same subsample stream
-    assert resumed_model.act2.sigma == full_model.act2.sigma == full_cb.running_sigma["act2"] != 1.0
+    snapped = 2.0 ** (round(16 * math.log2(full_cb.running_sigma["act2"])) / 16)  # σ grid of the compiled kernels
+    assert resumed_model.act2.sigma == full_model.act2.sigma == snapped != 1.0
     for a, b in zip(full_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
 
@@ -353,3 +354,14 @@ def test_initial_eps_outside_bounds_is_clipped_with_warning():
     with pytest.warns(UserWarning, match="outside eps_bounds"):
         _trainer([cb], max_steps=1).fit(model, DataLoader(_data(n=8), batch_size=8))
     assert float(model.act1.eps) == 0.5 and float(model.act2.eps) == 0.5
+
+
+def test_track_sigma_follows_input_std():
+    data = TensorDataset(3.0 * _data(n=512).tensors[0])
+    cb = EAFOCallback(track_sigma=True, sigma_momentum=0.0, max_samples_per_call=None, lr=0.0)
+    model = TinyCR(eps_init=0.1)
+    _trainer([cb], max_steps=2).fit(model, DataLoader(data, batch_size=256))
+    last = data.tensors[0][256:].double()  # momentum 0: σ is the std of the last collected batch
+    assert cb.running_sigma["act1"] == pytest.approx(float(last.std(unbiased=False)), rel=1e-6)
+    assert model.act1.sigma == 2.0 ** (round(16 * math.log2(cb.running_sigma["act1"])) / 16)
+    assert abs(model.act1.sigma - 3.0) < 0.3
