@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_fake import write_scalars  # noqa: E402
 
-from crrelu_lightning.compare import cli, collect, plots, report, runner  # noqa: E402
+from crrelu_lightning.compare import checkpoints, cli, collect, commands, plots, report, runner  # noqa: E402
 
 
 def f32(x: float) -> float:  # TensorBoard stores simple_value as float32
@@ -137,18 +137,18 @@ def test_run_callbacks_rewrites_checkpoint_dirs(tmp_path):
                    "      init_args: {dirpath: shared}\n"
                    "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n")
     run = tmp_path / "run"
-    cbs = runner.run_callbacks(cfg, run)
+    cbs = commands.run_callbacks(cfg, run)
     assert cbs[0]["init_args"] == {"monitor": "val_acc", "dirpath": str(run / "checkpoints"), "save_last": True}
     assert cbs[1]["init_args"] == {"dirpath": str(run / "checkpoints_1")}
     assert cbs[2] == {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
-    assert cbs[3] == runner.resume_callback(run) and len(cbs) == 4
+    assert cbs[3] == commands.resume_callback(run) and len(cbs) == 4
     assert cbs[3]["init_args"]["dirpath"] == str(run / "resume") and cbs[3]["init_args"]["monitor"] is None
     # trainer section in its own file, no callbacks: only the resume checkpoint
     (tmp_path / "t.yaml").write_text("max_epochs: 1\n")
     cfg.write_text("trainer: t.yaml\n")
-    assert runner.run_callbacks(cfg, run) == [runner.resume_callback(run)]
+    assert commands.run_callbacks(cfg, run) == [commands.resume_callback(run)]
     cfg.write_text("trainer: {enable_checkpointing: false}\n")
-    assert runner.run_callbacks(cfg, run) is None
+    assert commands.run_callbacks(cfg, run) is None
 
 
 def test_resume_checkpoint_is_fresh_where_last_ckpt_is_not(tmp_path):
@@ -160,16 +160,16 @@ def test_resume_checkpoint_is_fresh_where_last_ckpt_is_not(tmp_path):
     from compare_toy import ToyClassifier, ToyDataModule
 
     run = tmp_path / "run"
-    cb = runner.resume_callback(run)["init_args"]
+    cb = commands.resume_callback(run)["init_args"]
     trainer = pl.Trainer(max_epochs=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", monitor="val_loss", mode="max",
                                                     save_last=True), ModelCheckpoint(**cb)])
     # mode="max" on a falling loss: only the first epoch "improves", so last.ckpt stays at epoch 0
     trainer.fit(ToyClassifier(lr=0.2), ToyDataModule(n_train=128))
     assert trainer.global_step == 6 * 2
-    assert runner.checkpoint_step(run) == trainer.global_step
+    assert checkpoints.checkpoint_step(run) == trainer.global_step
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] < trainer.global_step
-    assert runner.best_checkpoint(run) == Path(trainer.checkpoint_callbacks[0].best_model_path)
+    assert checkpoints.best_checkpoint(run) == Path(trainer.checkpoint_callbacks[0].best_model_path)
 
 
 def test_error_message_prefers_exception_line():

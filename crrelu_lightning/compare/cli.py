@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from crrelu_lightning.compare import collect, plots, report, runner
+from crrelu_lightning.compare import collect, commands, plots, report, runner
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -126,12 +126,12 @@ def parse_kwargs(items: List[str], labels: List[str]) -> Dict[str, Dict[str, Any
     return out
 
 
-def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.Settings:
+def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands.Settings:
     config = a.config.expanduser().resolve()
     if not config.is_file():
         raise ValueError(f"--config {a.config} does not exist (looked at {config})")
     try:
-        runner.config_callbacks(config)
+        commands.config_callbacks(config)
     except Exception as exc:  # unreadable YAML: say so before any run starts
         raise ValueError(f"cannot read --config {config}: {exc}") from None
     for flag, value in (("--parallel", a.parallel), ("--threads-per-run", a.threads_per_run),
@@ -139,7 +139,7 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.S
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     extra = [x for e in a.extra for x in shlex.split(e)] + extra_tail
-    return runner.Settings(
+    return commands.Settings(
         config=config, out=(a.out or Path("runs/compare") / config.stem).expanduser().resolve(),
         parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
         test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
@@ -148,7 +148,7 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> runner.S
     )
 
 
-def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], records: List[Dict[str, Any]],
+def write_outputs(settings: commands.Settings, specs: List[commands.RunSpec], records: List[Dict[str, Any]],
                   header: Dict[str, str]) -> List:
     """results.csv, plots/*.png and summary.md under ``settings.out``; returns the plot paths."""
     out = settings.out
@@ -184,7 +184,7 @@ def write_outputs(settings: runner.Settings, specs: List[runner.RunSpec], record
     return made
 
 
-def _run_interruptibly(settings: runner.Settings, specs: List[runner.RunSpec]) -> List[Dict[str, Any]]:
+def _run_interruptibly(settings: commands.Settings, specs: List[commands.RunSpec]) -> List[Dict[str, Any]]:
     """``run_all`` with SIGTERM treated like Ctrl-C, so a killed runner stops its children too."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -213,10 +213,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
         return 2
-    specs = runner.plan(settings, activations, seeds, kwargs)
+    specs = commands.plan(settings, activations, seeds, kwargs)
     if args.dry_run:
         for spec in specs:
-            print(shlex.join(["crrelu-lightning", *runner.cli_args(settings, spec, "fit")]))
+            print(shlex.join(["crrelu-lightning", *commands.cli_args(settings, spec, "fit")]))
         return 0
     header = {
         "command": shlex.join(["crrelu-lightning", "compare", *argv] + (["--", *tail] if tail else [])),

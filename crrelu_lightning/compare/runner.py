@@ -6,7 +6,8 @@ Layout under ``OUT``::
                             resume/resume.ckpt, [test.cmd, test.*.log, tb/test/], done.json (when finished)
 
 A run with ``done.json`` is finished and skipped next time (failed ones too, unless ``retry_failed``);
-a run without it is (re)started, from ``resume/resume.ckpt`` when one exists.
+a run without it is (re)started, from ``resume/resume.ckpt`` when one exists. Command lines come from
+``commands``, checkpoint lookups from ``checkpoints``.
 """
 from __future__ import annotations
 
@@ -18,192 +19,19 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from crrelu_lightning.compare import collect
+from crrelu_lightning.compare.checkpoints import best_checkpoint, checkpoint_step, resume_path
+from crrelu_lightning.compare.commands import RunSpec, Settings, cli_args, command
 
-CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
-LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 DONE = "done.json"
 TAIL_LINES = 20
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the comparison: ``label`` names the row (usually the activation's registry name)."""
-
-    label: str
-    activation: str
-    seed: int
-    kwargs: Optional[Dict[str, Any]]
-    run_dir: Path
-
-
-@dataclass
-class Settings:
-    """Everything shared by all runs of one comparison (see ``crrelu-lightning compare --help``)."""
-
-    config: Path
-    out: Path
-    parallel: int = 1
-    threads_per_run: Optional[int] = None
-    max_steps: Optional[int] = None
-    extra: List[str] = field(default_factory=list)
-    test: bool = False
-    activation_key: str = "model.activation"
-    kwargs_key: str = "model.activation_kwargs"
-    gpus: List[str] = field(default_factory=list)
-    retry_failed: bool = False
-    run_timeout: Optional[float] = None
-    metric: Optional[str] = None
-    mode: Optional[str] = None
-    python: str = sys.executable
-
-    def threads(self) -> int:
-        # Split the cores evenly so K parallel runs don't oversubscribe (torch reads OMP_NUM_THREADS).
-        return self.threads_per_run or max(1, (os.cpu_count() or 1) // self.parallel)
-
-
-def plan(settings: Settings, activations: List[Tuple[str, str]], seeds: List[int],
-         kwargs: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
-    """Runs in seed-major order, so an interrupted comparison holds complete seeds first."""
-    return [
-        RunSpec(label, name, seed, kwargs.get(label), settings.out / "runs" / label / f"seed{seed}")
-        for seed in seeds
-        for label, name in activations
-    ]
-
-
-# ----------------------------------------------------------------------------------------- commands
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    with open(path) as fh:
-        return yaml.safe_load(fh)
-
-
-def config_callbacks(config: Path) -> Tuple[List[Any], bool]:
-    """The config's ``trainer.callbacks`` as a list, and whether checkpointing is enabled.
-
-    A ``trainer:`` given as a path to another YAML file is followed (relative to the config).
-    """
-    cfg = _load_yaml(config) or {}
-    trainer = cfg.get("trainer") or {}
-    if isinstance(trainer, str):
-        trainer = _load_yaml((config.parent / trainer).resolve()) or {}
-    callbacks = trainer.get("callbacks") or []
-    if not isinstance(callbacks, list):
-        callbacks = [callbacks]
-    return callbacks, trainer.get("enable_checkpointing", True) is not False
-
-
-def resume_callback(run_dir: Path) -> Dict[str, Any]:
-    """The runner's own checkpoint: the latest state, overwritten every epoch and at the end of training.
-
-    Needed because Lightning (2.6 here) refreshes ``last.ckpt`` only when a top-k checkpoint is saved, so a
-    monitored ``save_last`` checkpoint can be epochs old.
-    """
-    return {"class_path": CHECKPOINT_CLASS,
-            "init_args": {"dirpath": str(run_dir / "resume"), "filename": "resume", "monitor": None,
-                          "save_top_k": 1, "save_last": False, "enable_version_counter": False}}
-
-
-def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
-    """The config's callbacks with every ModelCheckpoint writing into ``run_dir``, plus the resume checkpoint.
-
-    Runs therefore never overwrite each other's checkpoints; training is unaffected. ``None`` means
-    "leave the config's callbacks alone" (checkpointing disabled and nothing to rewrite).
-    """
-    callbacks, enabled = config_callbacks(config)
-    out, n_ckpt = [], 0
-    for cb in callbacks:
-        cb = {"class_path": cb} if isinstance(cb, str) else json.loads(json.dumps(cb))
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
-            cb["init_args"] = dict(cb.get("init_args") or {})
-            cb["init_args"]["dirpath"] = str(run_dir / ("checkpoints" if n_ckpt == 0 else f"checkpoints_{n_ckpt}"))
-            n_ckpt += 1
-        out.append(cb)
-    if not enabled:
-        return out if n_ckpt else None
-    return out + [resume_callback(run_dir)]
-
-
-def _trainer_overrides(settings: Settings, spec: RunSpec, version: str,
-                       callbacks: Optional[List[Any]]) -> List[str]:
-    logger = {"class_path": LOGGER_CLASS,
-              "init_args": {"save_dir": str(spec.run_dir), "name": "tb", "version": version}}
-    args = [f"--trainer.default_root_dir={spec.run_dir}", f"--trainer.logger={json.dumps(logger)}"]
-    if callbacks is not None:
-        args.append(f"--trainer.callbacks={json.dumps(callbacks)}")
-    if settings.max_steps is not None:
-        args.append(f"--trainer.max_steps={settings.max_steps}")
-    return args
-
-
-def cli_args(settings: Settings, spec: RunSpec, subcommand: str) -> List[str]:
-    """``SUBCOMMAND --config FILE --model.activation A --seed_everything S <run-local paths> <extra>``."""
-    callbacks = run_callbacks(settings.config, spec.run_dir)
-    args = [subcommand, "--config", str(settings.config), f"--{settings.activation_key}={spec.activation}"]
-    if spec.kwargs:
-        args.append(f"--{settings.kwargs_key}={json.dumps(spec.kwargs)}")
-    args.append(f"--seed_everything={spec.seed}")
-    args += _trainer_overrides(settings, spec, "fit" if subcommand == "fit" else subcommand, callbacks)
-    return args + list(settings.extra)  # user extras last: they may override anything above
-
-
-def _command(settings: Settings, args: List[str]) -> List[str]:
-    return [settings.python, "-m", "crrelu_lightning", *args]
-
-
-def _checkpoint(path: Path) -> Dict[str, Any]:
-    """A Lightning checkpoint's top-level dict ({} if unreadable); mmap so big weights aren't read."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # custom objects inside, or an old format: callers fall back to file names
-        return {}
-
-
-def resume_path(run_dir: Path) -> Optional[Path]:
-    """The checkpoint to resume an unfinished run from: the runner's resume checkpoint, else a ``last.ckpt``."""
-    for path in (run_dir / "resume" / "resume.ckpt", run_dir / "checkpoints" / "last.ckpt"):
-        if path.exists():
-            return path
-    return None
-
-
-def checkpoint_step(run_dir: Path) -> Optional[int]:
-    """``global_step`` (optimizer steps taken) stored in the resume checkpoint, or ``None``."""
-    path = resume_path(run_dir)
-    step = _checkpoint(path).get("global_step") if path else None
-    return int(step) if step is not None else None
-
-
-def best_checkpoint(run_dir: Path) -> Optional[Path]:
-    """Checkpoint to test: the ``best_model_path`` of the config's monitored ModelCheckpoint (read from the
-    resume checkpoint's callback state), else the newest ``checkpoints/*.ckpt`` that is not ``last``, else
-    the resume checkpoint (the final weights); ``None`` when there is none."""
-    resume = resume_path(run_dir)
-    if resume is not None:
-        for key, cb in (_checkpoint(resume).get("callbacks") or {}).items():
-            if (key.startswith("ModelCheckpoint") and isinstance(cb, dict) and cb.get("monitor")
-                    and cb.get("best_model_path") and Path(cb["best_model_path"]).exists()):
-                return Path(cb["best_model_path"])
-    others = sorted((p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("last")),
-                    key=lambda p: p.stat().st_mtime)
-    if others:
-        return others[-1]
-    return resume
-
-
-# ----------------------------------------------------------------------------------------- execution
 _ERROR_LINE = re.compile(r"^\s*([\w.]*(Error|Exception|Interrupt|Exit)\b.*|.*\berror:.*)$")
 
 
@@ -307,7 +135,7 @@ def run_one(settings: Settings, spec: RunSpec, slot: int, procs: Optional[_Proce
     (spec.run_dir / DONE).unlink(missing_ok=True)
     fit_args = cli_args(settings, spec, "fit")
     last = resume_path(spec.run_dir)
-    cmd = _command(settings, fit_args + ([f"--ckpt_path={last}"] if last else []))
+    cmd = command(settings, fit_args + ([f"--ckpt_path={last}"] if last else []))
     rc, wall, tail = _execute(cmd, spec.run_dir, "fit", env, settings.run_timeout, procs)
 
     scalars = collect.read_scalars(spec.run_dir / "tb" / "fit")
@@ -339,7 +167,7 @@ def _run_test(settings: Settings, spec: RunSpec, slot: int, env: Dict[str, str],
     if ckpt is None:
         record.update(status="failed", error=f"test: no checkpoint under {spec.run_dir}")
         return
-    cmd = _command(settings, cli_args(settings, spec, "test") + [f"--ckpt_path={ckpt}"])
+    cmd = command(settings, cli_args(settings, spec, "test") + [f"--ckpt_path={ckpt}"])
     rc, wall, tail = _execute(cmd, spec.run_dir, "test", env, settings.run_timeout, procs)
     record.update(test_command=shlex.join(cmd), test_checkpoint=str(ckpt), test_wall_time_s=round(wall, 3))
     if rc != 0:
