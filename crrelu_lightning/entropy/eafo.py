@@ -453,7 +453,7 @@ def bounded_activation_entropies(
 
     Keyed by the first registered name of each class; WAFBC is fitted to ``dist`` when it is normal.
     """
-    from crrelu_lightning.activations import activation_class, available_activations
+    from crrelu_lightning.activations import CRActivation, activation_class, available_activations
 
     out: Dict[str, float] = {}
     seen = set()
@@ -465,6 +465,8 @@ def bounded_activation_entropies(
         kwargs = {}
         if name == "wafbc" and isinstance(dist, NormalInput):
             kwargs = {"mu": dist.mu, "sigma": dist.sigma}
+        if issubclass(cls, CRActivation):
+            kwargs = {"impl": "eager"}  # a probe of a few points must not wait for torch.compile
         module = cls(**kwargs).double()
         if activation_range(module)[0] is None:
             continue
