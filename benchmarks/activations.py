@@ -80,6 +80,8 @@ def synchronize(device: torch.device) -> None:
 def run(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     names = list(args.activations) if args.activations and args.activations != ["all"] else available_activations()
     names = unique_entries(["gelu"] + [n.lower() for n in names])
     cases = build_cases(names, args.impl)
@@ -135,6 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     p.add_argument("--impl", default="compiled", choices=["auto", "compiled", "eager", "reference"],
                    help="implementation of the CR entries (crrelu's eager and paper variants are always added)")
     return p.parse_args(argv)
