@@ -147,39 +147,68 @@ def main(argv=None) -> int:
         "off": lambda: None,
         "default": lambda: ActivationEntropyMonitor(),
         "every step": lambda: ActivationEntropyMonitor(every_n_steps=1),
+        # Paired design against machine noise: collection on even steps only, so adjacent steps
+        # differ by exactly one collection (sampling + binning in forward, all_reduce + logging after).
+        "every 2nd step": lambda: ActivationEntropyMonitor(every_n_steps=2),
     }
     times = {k: [] for k in configs}
     with tempfile.TemporaryDirectory() as log_dir:
         for r in range(args.rounds):
             for name, make in configs.items():
-                times[name] += run_once(model, make(), args, shape, num_classes, log_dir)
-                print(f"round {r + 1}/{args.rounds} {name}: mean {statistics.mean(times[name]) * 1e3:.2f} ms", file=sys.stderr)
+                times[name].append(run_once(model, make(), args, shape, num_classes, log_dir))
+                print(f"round {r + 1}/{args.rounds} {name}: mean {statistics.mean(times[name][-1]) * 1e3:.2f} ms", file=sys.stderr)
 
     layers = len(find_activation_modules(model))
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and args.accelerator != "cpu" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nmodel: {source}; {layers} activation layers; batch {args.batch_size}; input {tuple(shape)}; "
           f"precision {args.precision}; device {dev}; torch {torch.__version__}")
     print(f"{args.rounds} rounds × {args.steps} steps per configuration (interleaved), after {args.warmup} warm-up steps\n")
-    base_mean, base_median = statistics.mean(times["off"]), statistics.median(times["off"])
-    print(f"| monitor | mean step ms | median step ms | mean / off | median / off |")
-    print(f"|---|---|---|---|---|")
-    for name, t in times.items():
-        mean, med = statistics.mean(t), statistics.median(t)
+    flat = {k: [t for run in v for t in run] for k, v in times.items()}
+    base_mean, base_median = statistics.mean(flat["off"]), statistics.median(flat["off"])
+    print("| monitor | mean step ms | median step ms | mean / off | median / off |")
+    print("|---|---|---|---|---|")
+    for name in ("off", "default", "every step"):
+        mean, med = statistics.mean(flat[name]), statistics.median(flat[name])
         print(f"| {name} | {mean * 1e3:.2f} | {med * 1e3:.2f} | {mean / base_mean:.3f} | {med / base_median:.3f} |")
-    every = statistics.mean(times["every step"]) - base_mean
-    print(f"\ncost of one collection step ≈ {every * 1e3:.2f} ms (every-step mean − off mean); at every_n_steps=50 that is "
-          f"{every / 50 / base_mean:.2%} of a step, plus the disabled-hook cost visible in the 'default' median.")
+
+    # Step index i of a run is global_step warmup + i; collection when it is even.
+    on = [t for run in times["every 2nd step"] for i, t in enumerate(run) if (args.warmup + i) % 2 == 0]
+    off = [t for run in times["every 2nd step"] for i, t in enumerate(run) if (args.warmup + i) % 2 == 1]
+    extra = statistics.median(on) - statistics.median(off)
+    print(f"\npaired (every 2nd step): collecting steps median {statistics.median(on) * 1e3:.2f} ms, "
+          f"other steps {statistics.median(off) * 1e3:.2f} ms → one collection costs ≈ {extra * 1e3:.2f} ms "
+          f"= {extra / statistics.median(off):.2%} of a step;")
+    print(f"at the default every_n_steps=50 that is {extra / 50 / statistics.median(off):.3%} of the step time.")
 
     # The picture is drawn on rank 0 every log_image_every_n_steps (default 1000) steps: time it alone.
     from crrelu_lightning.entropy.display import density_figure, figure_to_rgb
     import numpy as np
 
+    step = statistics.median(off)
     counts = np.random.default_rng(0).integers(0, 50, size=(max(layers, 1), 404))
     t0 = time.perf_counter()
     figure_to_rgb(density_figure(counts, [f"layer{i}" for i in range(max(layers, 1))], -10.0, 0.05))
     img = time.perf_counter() - t0
-    print(f"distribution image for {layers} layers: {img * 1e3:.0f} ms per image = {img / 1000 / base_mean:.2%} of a step "
-          f"at the default log_image_every_n_steps=1000")
+    # Non-collection steps pay one disabled Python hook call per activation module: time that alone.
+    from callbacks._activation_taps import ActivationTaps
+
+    relu, tiny, calls = nn.ReLU(), torch.zeros(1), 20000
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        relu(tiny)
+    bare = time.perf_counter() - t0
+    taps = ActivationTaps({"relu": relu}, lambda *a: None)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        relu(tiny)
+    hooked = time.perf_counter() - t0
+    taps.remove()
+    hook = max(0.0, (hooked - bare) / calls)
+    print(f"distribution image for {layers} layers: {img * 1e3:.0f} ms per image (every 1000 steps: {img / 1000 / step:.3%} of a step)")
+    print(f"disabled hook: {hook * 1e6:.2f} µs per activation call ({layers} per step: {layers * hook / step:.5%} of a step)")
+    total = extra / 50 + img / 1000 + layers * hook
+    print(f"\nestimated default overhead = collection/50 + image/1000 + disabled hooks = {total / step:.3%} of the step time")
+
     return 0
 
 
