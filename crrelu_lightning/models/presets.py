@@ -7,7 +7,7 @@ Dimensions follow PAPER_RECIPE.md (32×32 inputs, patch 4):
   its training recipe, not its layers. Both names exist so configs and result tables read like the paper.
 * ``tnt_s_patch4_32``: TNT-S, outer dim 384, inner dim 24, depth 12, outer heads 6, inner heads 4. The pixel
   embedding uses stride 1 so each 4×4 patch holds 16 inner "pixel" tokens (stride 4 would leave one).
-* ``vit_fmnist``: 28×28 grey, patch 7 (4×4 = 16 tokens), dim 64, depth 4, heads 4, MLP ratio 2 — sized so
+* ``vit_fmnist``: 28×28 grey, patch 7 (4×4 = 16 tokens), dim 128, depth 4, heads 4, MLP ratio 2 — sized so
   the demo reaches ≥ 88 % Fashion-MNIST test accuracy within minutes on 2 CPU cores.
 
 Any keyword (``num_classes``, ``drop_path_rate``, ``act_layer``, ``img_size`` …) overrides the preset.
@@ -29,7 +29,7 @@ _TNT_S_32 = dict(
     mlp_ratio=4.0, first_stride=1, qkv_bias=False, num_classes=10,
 )
 _VIT_FMNIST = dict(
-    img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10,
+    img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10,
 )
 
 
