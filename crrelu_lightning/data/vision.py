@@ -28,10 +28,11 @@ class SyntheticImageDataModule(VisionDataModule):
         img_size: int = 16,
         in_chans: int = 1,
         noise: float = 0.2,
+        augment: str = "none",
         **kwargs,
     ) -> None:
-        kwargs.setdefault("augment", "none")
-        super().__init__(**kwargs)
+        # `augment` is explicit (not kwargs.setdefault) so LightningCLI shows and passes this default.
+        super().__init__(augment=augment, **kwargs)
         self.num_train, self.num_test, self.num_classes = num_train, num_test, num_classes
         self.img_size, self.in_chans, self.noise = img_size, in_chans, noise
         self.mean, self.std = (0.5,) * in_chans, (0.25,) * in_chans
