@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -244,8 +244,8 @@ class GPT(nn.Module):
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("lm_head.")}
         missing, bad_shape = [], []
         for key, target in own.items():
-            if key.split(".")[-2:] == ["act", "eps"] or ".mlp.act." in key:
-                continue  # activation parameters are not part of a GPT-2 checkpoint
+            if ".mlp.act." in key:
+                continue  # activation parameters (CR's ε, PReLU's slope) are not part of a GPT-2 checkpoint
             hf_key = key[len("transformer.") :]
             if hf_key not in sd:
                 missing.append(hf_key)
@@ -278,7 +278,3 @@ def _read_weights(folder: Path) -> Dict[str, torch.Tensor]:
     if pt.is_file():
         return torch.load(pt, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
-
-
-def config_dict(model: GPT) -> Dict[str, Any]:
-    return asdict(model.config)

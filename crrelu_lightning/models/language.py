@@ -7,6 +7,7 @@ tokens only in SFT). Validation logs ``val/loss`` (nats/token), ``val/ppl`` = ex
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -131,8 +132,6 @@ class CausalLM(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # The actual shape (which may come from init_from) travels with the weights.
-        from dataclasses import asdict
-
         checkpoint["hyper_parameters"]["gpt_config"] = asdict(self.model.config)
 
     def _loss_sum(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +159,8 @@ class CausalLM(LightningModule):
         # Token-weighted mean over all ranks (every rank calls the reduction, EAFO.md §7).
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         loss = total[0] / total[1].clamp(min=1)
-        bpt = float(getattr(self.trainer.datamodule, "bytes_per_token", 1.0) or 1.0) if self.trainer.datamodule else 1.0
+        # BPE: loss per token -> per byte via the validation text's bytes/token; byte-level: 1.
+        bpt = float(getattr(self.trainer.datamodule, "bytes_per_token", None) or 1.0)
         self.log("val/loss", loss.float(), prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss).float())
         self.log("val/bpb", (loss / math.log(2) / bpt).float())
