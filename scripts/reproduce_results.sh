@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduces every table in docs/results.md (2 CPU cores: two runs at a time, one thread each).
+# Run from the repository root after `pip install -e .`. Finished runs are skipped on a re-run.
+set -uo pipefail
+OUT=${OUT:-runs/compare}
+C="crrelu-lightning compare --parallel 2 --threads-per-run 1 --seeds 0,1,2"
+
+crrelu-lightning data fetch fashion-mnist
+crrelu-lightning data fetch shakespeare
+crrelu-lightning data fetch sentiment
+
+# 1. Fashion-MNIST ViT (configs/demo.yaml), 10 activations x 3 seeds, fixed budget of 430 optimizer steps (2 epochs).
+$C --config configs/demo.yaml --out $OUT/fmnist --test --max-steps 430 \
+   --activations gelu,relu,prelu,elu,celu,silu,mish,star_relu,crrelu,crgelu -- --trainer.max_epochs=-1
+
+# 2. EAFO on the same budget: CRReLU + EAFOCallback in step and regularize modes (GELU and CRReLU rows come from 1).
+$C --config configs/demo_eafo.yaml --out $OUT/fmnist_eafo_step --test --max-steps 430 \
+   --activations crrelu_eafo_step=crrelu -- --trainer.max_epochs=-1
+$C --config configs/demo_eafo_regularize.yaml --out $OUT/fmnist_eafo_reg --test --max-steps 430 \
+   --activations crrelu_eafo_reg=crrelu -- --trainer.max_epochs=-1
+
+# 3. Shakespeare character-level GPT, GELU vs CRReLU, 400 steps.
+$C --config configs/language/shakespeare_char.yaml --out $OUT/shakespeare --max-steps 400 \
+   --activations gelu,crrelu -- --trainer.val_check_interval=200
+
+# 4. Sentiment DPO from the GELU Shakespeare model (seed 0), keeping GELU or swapping in CRReLU (the paper's setting).
+INIT=$OUT/shakespeare/runs/gelu/seed0/checkpoints/last.ckpt
+$C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo --max-steps 100 \
+   --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=50
