@@ -135,14 +135,24 @@ def test_run_callbacks_rewrites_checkpoint_dirs(tmp_path):
                    "      init_args: {monitor: val_acc, dirpath: shared, save_last: true}\n"
                    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
                    "      init_args: {dirpath: shared}\n"
+                   "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                   "      init_args: {dirpath: elsewhere}\n"
                    "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n")
     run = tmp_path / "run"
     cbs = commands.run_callbacks(cfg, run)
     assert cbs[0]["init_args"] == {"monitor": "val_acc", "dirpath": str(run / "checkpoints"), "save_last": True}
-    assert cbs[1]["init_args"] == {"dirpath": str(run / "checkpoints_1")}
-    assert cbs[2] == {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
-    assert cbs[3] == commands.resume_callback(run) and len(cbs) == 4
-    assert cbs[3]["init_args"]["dirpath"] == str(run / "resume") and cbs[3]["init_args"]["monitor"] is None
+    # checkpoints that shared a folder in the config (best + last) still share one; others get their own
+    assert cbs[1]["init_args"] == {"dirpath": str(run / "checkpoints")}
+    assert cbs[2]["init_args"] == {"dirpath": str(run / "checkpoints_1")}
+    assert cbs[3] == {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
+    assert cbs[4] == commands.resume_callback(run) and len(cbs) == 5
+    assert cbs[4]["init_args"]["dirpath"] == str(run / "resume") and cbs[4]["init_args"]["monitor"] is None
+    # Lightning refuses two stateful callbacks with one state_key: the resume checkpoint must not clash
+    # with an unmonitored ModelCheckpoint of the config (the configs' every-epoch last.ckpt).
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from crrelu_lightning.compare.resume_checkpoint import ResumeCheckpoint
+    resume = ResumeCheckpoint(**cbs[4]["init_args"])
+    assert resume.state_key != ModelCheckpoint(dirpath=str(run / "checkpoints"), save_top_k=1).state_key
     # trainer section in its own file, no callbacks: only the resume checkpoint
     (tmp_path / "t.yaml").write_text("max_epochs: 1\n")
     cfg.write_text("trainer: t.yaml\n")

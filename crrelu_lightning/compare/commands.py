@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
+RESUME_CHECKPOINT_CLASS = "crrelu_lightning.compare.resume_checkpoint.ResumeCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
@@ -90,7 +91,7 @@ def resume_callback(run_dir: Path) -> Dict[str, Any]:
     Needed because Lightning (2.6 here) refreshes ``last.ckpt`` only when a top-k checkpoint is saved, so a
     monitored ``save_last`` checkpoint can be epochs old.
     """
-    return {"class_path": CHECKPOINT_CLASS,
+    return {"class_path": RESUME_CHECKPOINT_CLASS,
             "init_args": {"dirpath": str(run_dir / "resume"), "filename": "resume", "monitor": None,
                           "save_top_k": 1, "save_last": False, "enable_version_counter": False}}
 
@@ -102,12 +103,16 @@ def run_callbacks(config: Path, run_dir: Path) -> Optional[List[Any]]:
     "leave the config's callbacks alone" (checkpointing disabled and nothing to rewrite).
     """
     callbacks, enabled = config_callbacks(config)
-    out, n_ckpt = [], 0
+    out, n_ckpt, dirs = [], 0, {}
     for cb in callbacks:
         cb = {"class_path": cb} if isinstance(cb, str) else json.loads(json.dumps(cb))
         if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
             cb["init_args"] = dict(cb.get("init_args") or {})
-            cb["init_args"]["dirpath"] = str(run_dir / ("checkpoints" if n_ckpt == 0 else f"checkpoints_{n_ckpt}"))
+            # Checkpoints that shared a folder in the config share one in the run (e.g. best + last).
+            key = str(cb["init_args"].get("dirpath"))
+            if key not in dirs:
+                dirs[key] = "checkpoints" if not dirs else f"checkpoints_{len(dirs)}"
+            cb["init_args"]["dirpath"] = str(run_dir / dirs[key])
             n_ckpt += 1
         out.append(cb)
     if not enabled:
