@@ -19,11 +19,11 @@ $C --config configs/demo_eafo.yaml --out $OUT/fmnist_eafo_step --test --max-step
 $C --config configs/demo_eafo_regularize.yaml --out $OUT/fmnist_eafo_reg --test --max-steps 430 \
    --activations crrelu_eafo_reg=crrelu -- --trainer.max_epochs=-1
 
-# 3. Shakespeare character-level GPT, GELU vs CRReLU, 400 steps.
-$C --config configs/language/shakespeare_char.yaml --out $OUT/shakespeare --max-steps 400 \
-   --activations gelu,crrelu -- --trainer.val_check_interval=200
+# 3. Shakespeare character-level GPT, GELU vs CRReLU, 300 steps.
+$C --config configs/language/shakespeare_char.yaml --out $OUT/shakespeare --max-steps 300 \
+   --activations gelu,crrelu -- --trainer.val_check_interval=150
 
 # 4. Sentiment DPO from the GELU Shakespeare model (seed 0), keeping GELU or swapping in CRReLU (the paper's setting).
 INIT=$OUT/shakespeare/runs/gelu/seed0/checkpoints/last.ckpt
-$C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo --max-steps 100 \
-   --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=50
+$C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo --max-steps 60 \
+   --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=30
