@@ -27,3 +27,7 @@ $C --config configs/language/shakespeare_char.yaml --out $OUT/shakespeare --max-
 INIT=$OUT/shakespeare/runs/gelu/seed0/checkpoints/last.ckpt
 $C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo --max-steps 60 \
    --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=30
+
+# 4b. The same with a 200-step budget (validation every 50 steps).
+$C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo_200 --max-steps 200 \
+   --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=50
