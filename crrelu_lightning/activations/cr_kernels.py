@@ -22,6 +22,7 @@ Half-precision inputs are computed in float32 and cast back; ε stays float32 (o
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Callable, Dict, Optional, Tuple
@@ -70,11 +71,6 @@ def _gauss(x2, c):
     if {FAST} and x2.dtype == torch.float32:
         return gauss_f32(x2, c)
     return torch.exp(x2 * c)
-
-
-def _compute_dtype(x_dtype, eps_dtype):
-    xd = torch.float32 if x_dtype in (torch.float16, torch.bfloat16) else x_dtype
-    return torch.promote_types(xd, torch.float32 if eps_dtype in (torch.float16, torch.bfloat16) else eps_dtype)
 
 
 def forward_body(x, eps):
@@ -128,7 +124,7 @@ def make_bodies(base: str, sigma: float, fused: bool = True) -> Tuple[Callable, 
         BASE_FWD=_BASE_FWD[base], BASE_BWD=_BASE_BWD[base], C=-0.5 / (sigma * sigma), INV_S2=1.0 / (sigma * sigma),
         FAST=bool(fused),
     )
-    namespace = {"torch": torch, "F": torch.nn.functional}
+    namespace = {"torch": torch, "F": torch.nn.functional, "_compute_dtype": _compute_dtype}
     exec(compile(src, f"<cr_kernels body {base} sigma={sigma!r}>", "exec"), namespace)
     return namespace["forward_body"], namespace["backward_body"]
 
@@ -220,41 +216,35 @@ def _disable_triton(err: BaseException) -> None:
     )
 
 
-def _forward(x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float, compiled: bool) -> torch.Tensor:
-    """x is flat and contiguous."""
+def _run(which: int, args: Tuple[torch.Tensor, ...], base: str, sigma: float, compiled: bool):
+    """Forward (``which=0``, args = x, eps) or backward (``which=1``, args = x, dy, eps); x flat, contiguous.
+
+    Compiled: the Triton kernel on CUDA, else the Inductor-compiled body; each falls back (warning once) to
+    the next, down to the eager body.
+    """
+    x = args[0]
     if compiled:
         if _use_triton(x):
             try:
                 from crrelu_lightning.activations import cr_triton
 
-                return cr_triton.cr_forward(x, eps, base, sigma)
+                return (cr_triton.cr_forward, cr_triton.cr_backward)[which](*args, base, sigma)
             except Exception as err:  # pragma: no cover - needs a GPU
                 _disable_triton(err)
         bodies = _compiled_bodies(base, sigma, x.device.type)
         if bodies is not None:
             try:
-                return bodies[0](x, eps)
+                return bodies[which](*args)
             except Exception as err:  # Inductor compiles lazily, on the first call
                 _disable_compile(x.device.type, err)
-    return _eager_bodies(base, sigma)[0](x, eps)
+    return _eager_bodies(base, sigma)[which](*args)
 
 
-def _backward(x, dy, eps, base: str, sigma: float, compiled: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    if compiled:
-        if _use_triton(x):
-            try:
-                from crrelu_lightning.activations import cr_triton
-
-                return cr_triton.cr_backward(x, dy, eps, base, sigma)
-            except Exception as err:  # pragma: no cover - needs a GPU
-                _disable_triton(err)
-        bodies = _compiled_bodies(base, sigma, x.device.type)
-        if bodies is not None:
-            try:
-                return bodies[1](x, dy, eps)
-            except Exception as err:
-                _disable_compile(x.device.type, err)
-    return _eager_bodies(base, sigma)[1](x, dy, eps)
+def _autocast_off(x: torch.Tensor):
+    """The bodies choose their own compute dtype; autocast must not recast inside them."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -273,12 +263,8 @@ class CRFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float, compiled: bool):
-        eps_d = eps.detach().reshape(())
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                y = _forward(_flat(x), eps_d, base, sigma, compiled)
-        else:
-            y = _forward(_flat(x), eps_d, base, sigma, compiled)
+        with _autocast_off(x):
+            y = _run(0, (_flat(x), eps.detach().reshape(())), base, sigma, compiled)
         ctx.save_for_backward(x, eps)
         ctx.base, ctx.sigma, ctx.compiled = base, sigma, compiled
         return y.view(x.shape)
@@ -286,13 +272,8 @@ class CRFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, eps = ctx.saved_tensors
-        eps_d = eps.detach().reshape(())
-        args = (_flat(x), _flat(dy), eps_d, ctx.base, ctx.sigma, ctx.compiled)
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                dx, deps = _backward(*args)
-        else:
-            dx, deps = _backward(*args)
+        with _autocast_off(x):
+            dx, deps = _run(1, (_flat(x), _flat(dy), eps.detach().reshape(())), ctx.base, ctx.sigma, ctx.compiled)
         dx = dx.view(x.shape) if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None
