@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
-from callbacks import ActivationEntropyMonitor  # noqa: E402
-from callbacks._activation_taps import find_activation_modules  # noqa: E402
+from crrelu_lightning.callbacks import ActivationEntropyMonitor  # noqa: E402
+from crrelu_lightning.callbacks._activation_taps import find_activation_modules  # noqa: E402
 
 
 class StepTimer(Callback):
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     figure_to_rgb(density_figure(counts, [f"layer{i}" for i in range(max(layers, 1))], -10.0, 0.05))
     img = time.perf_counter() - t0
     # Non-collection steps pay one disabled Python hook call per activation module: time that alone.
-    from callbacks._activation_taps import ActivationTaps
+    from crrelu_lightning.callbacks._activation_taps import ActivationTaps
 
     relu, tiny, calls = nn.ReLU(), torch.zeros(1), 20000
     t0 = time.perf_counter()

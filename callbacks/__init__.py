@@ -6,8 +6,8 @@ from typing import Any
 
 # name -> module that defines it; add new callbacks here.
 _EXPORTS = {
-    "ActivationEntropyMonitor": "callbacks.entropy_monitor",
-    "EAFOCallback": "callbacks.eafo",
+    "ActivationEntropyMonitor": "crrelu_lightning.callbacks.entropy_monitor",
+    "EAFOCallback": "crrelu_lightning.callbacks.eafo",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -18,4 +18,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
+    raise AttributeError(f"module 'crrelu_lightning.callbacks' has no attribute {name!r}")

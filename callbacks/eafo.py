@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks._activation_taps import ActivationTaps, find_activation_modules
+from crrelu_lightning.callbacks._activation_taps import ActivationTaps, find_activation_modules
 from crrelu_lightning.activations import CRActivation
 from crrelu_lightning.entropy import eafo as E
 

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from callbacks._activation_taps import ActivationTaps, find_activation_modules
+from crrelu_lightning.callbacks._activation_taps import ActivationTaps, find_activation_modules
 from crrelu_lightning.entropy import HistogramEstimator, entropy_from_counts
 from crrelu_lightning.entropy.display import density_figure, figure_to_rgb, layer_labels, raw_histogram
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.eafo import EAFOCallback
+from crrelu_lightning.callbacks.eafo import EAFOCallback
 from crrelu_lightning.activations import build_activation
 from crrelu_lightning.entropy import eafo as E
 

@@ -83,7 +83,7 @@ def test_shakespeare_then_sentiment_dpo_via_cli(tmp_path, monkeypatch):
 def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
     from lightning.pytorch import Trainer
 
-    from callbacks import ActivationEntropyMonitor, EAFOCallback
+    from crrelu_lightning.callbacks import ActivationEntropyMonitor, EAFOCallback
     from crrelu_lightning.data.preference import PreferenceDataModule
     from crrelu_lightning.data.text import TextDataModule
     from crrelu_lightning.models.dpo import DPO

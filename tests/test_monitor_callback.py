@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from test_monitor_support import MemoryLogger, TinyNet, regression_data
 
-from callbacks import ActivationEntropyMonitor
+from crrelu_lightning.callbacks import ActivationEntropyMonitor
 from crrelu_lightning.entropy import HistogramEstimator
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 from test_monitor_support import MemoryLogger, TinyNet, regression_data
 
-from callbacks import ActivationEntropyMonitor
+from crrelu_lightning.callbacks import ActivationEntropyMonitor
 
 pytestmark = [pytest.mark.ddp, pytest.mark.timeout(240)]
 N = 64  # 4 steps per epoch in both set-ups

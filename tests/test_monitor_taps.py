@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks._activation_taps import ActivationTaps, find_activation_modules
+from crrelu_lightning.callbacks._activation_taps import ActivationTaps, find_activation_modules
 from crrelu_lightning.activations import build_activation
 
 

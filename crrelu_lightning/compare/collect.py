@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 Scalars = Dict[str, List[Tuple[int, float]]]
 
-# Per-layer groups written by callbacks.ActivationEntropyMonitor (``[val_]entropy/<layer>``, ``p0/``,
-# ``out_of_range/``, ``nonfinite/``) and callbacks.EAFOCallback (``eafo/eps/<layer>``, ``eafo/sigma/`` …):
+# Per-layer groups written by crrelu_lightning.callbacks.ActivationEntropyMonitor (``[val_]entropy/<layer>``, ``p0/``,
+# ``out_of_range/``, ``nonfinite/``) and crrelu_lightning.callbacks.EAFOCallback (``eafo/eps/<layer>``, ``eafo/sigma/`` …):
 # traces of the training state, plotted but kept out of the results table.
 _MONITOR_GROUPS = {"entropy", "entropy_hist", "p0", "out_of_range", "nonfinite", "eafo"}
 _TRACE = re.compile(r"(^|[/_.])eps(ilon)?([/_.]|$)|^lr[-_/]|(^|[/_])lr$|(^|/)epoch$|^hp_metric$")
