@@ -31,8 +31,8 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crrelu-lightning compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--config", required=True, type=Path, help="the fit config shared by every run")
-    p.add_argument("--activations", required=True,
+    p.add_argument("--config", type=Path, help="the fit config shared by every run (required)")
+    p.add_argument("--activations",
                    help="comma-separated registry names; LABEL=NAME gives a row its own label "
                         "(e.g. crrelu_e05=crrelu with --activation-kwargs crrelu_e05:{...})")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default 0,1,2)")
@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='keyword arguments for one activation, e.g. \'crrelu:{"eps": 0.05}\' (repeatable)')
     p.add_argument("--metric", help="validation tag to rank by (default: a val*acc* tag, else val*loss*)")
     p.add_argument("--mode", choices=("min", "max"), help="whether --metric is better low or high")
+    p.add_argument("--baseline", metavar="LABEL[,LABEL]",
+                   help="activation(s) to compare every other one with: difference of means, 95 %% Welch interval, "
+                        "p and n in summary.md and differences.csv")
+    p.add_argument("--diff-metrics", default="", metavar="COL,...",
+                   help="more results.csv columns to compare with the baseline, e.g. final_val/reward_margin")
+    p.add_argument("--report-csv", nargs="+", type=Path, metavar="CSV",
+                   help="run nothing; write summary.md (and differences.csv) into --out (default: the first CSV's "
+                        "folder) from these results.csv files, e.g. to regenerate a report without the run folders")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--run-timeout", type=float, help="seconds before a run is killed and recorded as failed")
     p.add_argument("--activation-key", default="model.activation", help="config key of the activation name")
@@ -144,12 +152,17 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands
         parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
         test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()], retry_failed=a.retry_failed,
-        run_timeout=a.run_timeout, metric=a.metric, mode=a.mode, python=a.python,
+        run_timeout=a.run_timeout, metric=a.metric, mode=a.mode, python=a.python, baseline=a.baseline,
+        diff_metrics=_split(a.diff_metrics),
     )
 
 
+def _split(text: str) -> List[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 def write_outputs(settings: commands.Settings, specs: List[commands.RunSpec], records: List[Dict[str, Any]],
-                  header: Dict[str, str]) -> List:
+                  header: Dict[str, str], pending: Optional[List[str]] = None) -> List:
     """results.csv, plots/*.png and summary.md under ``settings.out``; returns the plot paths."""
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
@@ -180,8 +193,58 @@ def write_outputs(settings: commands.Settings, specs: List[commands.RunSpec], re
                         "ε over training"),
     ]
     made = [p for p in made if p is not None]
-    report.write_summary(records, out / "summary.md", header, plots=made)
+    diffs = _differences(settings.baseline, settings.diff_metrics, records, out)
+    report.write_summary(records, out / "summary.md", header, plots=made, diffs=diffs, pending=pending)
     return made
+
+
+def _differences(baseline: Optional[str], extra: List[str], records: List[Dict[str, Any]], out: Path):
+    if not baseline:
+        return None
+    diffs = [d for b in _split(baseline) for d in report.differences(records, b, extra)]
+    report.write_differences_csv(diffs, out / "differences.csv")
+    return diffs
+
+
+def _old_header(summary: Path) -> Dict[str, str]:
+    """The ``- **key**: value`` context lines of an existing summary.md (so a regenerated one keeps them)."""
+    if not summary.is_file():
+        return {}
+    out = {}
+    for line in summary.read_text().splitlines():
+        m = re.match(r"^- \*\*(.+?)\*\*: (.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+        elif line.startswith("#") and out:
+            break
+    return out
+
+
+def _report_from_csv(args: argparse.Namespace, argv: List[str]) -> int:
+    """``--report-csv``: summary.md (+ differences.csv) from results.csv files alone; existing plots are kept."""
+    try:
+        records = [r for path in args.report_csv for r in report.records_from_csv(path)]
+        if args.activations:  # keep and order these labels only
+            keep = [t.strip().partition("=")[0] for t in args.activations.split(",") if t.strip()]
+            unknown = [k for k in keep if k not in {r["label"] for r in records}]
+            if unknown:
+                raise ValueError(f"--activations {unknown} not found in {[str(p) for p in args.report_csv]}")
+            records = sorted((r for r in records if r["label"] in keep), key=lambda r: keep.index(r["label"]))
+        out = (args.out or args.report_csv[0].parent).expanduser().resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        header = _old_header(out / "summary.md")
+        header.pop("report", None)
+        header["report"] = ("regenerated from " + ", ".join(str(p) for p in args.report_csv) + " by `"
+                            + shlex.join(["crrelu-lightning", "compare", *argv]) + "`")
+        order = ["validation", "train", "entropy", "val_entropy", "eps"]  # as write_outputs makes them
+        made = sorted((out / "plots").glob("*.png"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
+        diffs = _differences(args.baseline, _split(args.diff_metrics), records, out)
+    except ValueError as exc:
+        print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
+        return 2
+    report.write_summary(records, out / "summary.md", header, plots=made, diffs=diffs)
+    print(f"compare: {len(records)} runs from {len(args.report_csv)} results.csv -> {out / 'summary.md'}")
+    return 0
 
 
 def _run_interruptibly(settings: commands.Settings, specs: List[commands.RunSpec]) -> List[Dict[str, Any]]:
@@ -204,12 +267,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--" in argv:  # everything after a bare -- goes to every fit/test command unchanged
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.report_csv:
+        return _report_from_csv(args, argv)
+    missing = [f for f, v in (("--config", args.config), ("--activations", args.activations)) if v is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         settings = settings_from_args(args, tail)
         activations = parse_activations(args.activations, check=not args.no_check_activations)
         seeds = parse_seeds(args.seeds)
         kwargs = parse_kwargs(args.activation_kwargs, [l for l, _ in activations])
+        for b in _split(settings.baseline or ""):
+            if b not in [l for l, _ in activations]:
+                raise ValueError(f"--baseline {b!r} is not one of --activations {[l for l, _ in activations]}")
     except ValueError as exc:
         print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
         return 2

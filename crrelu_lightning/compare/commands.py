@@ -47,6 +47,8 @@ class Settings:
     metric: Optional[str] = None
     mode: Optional[str] = None
     python: str = sys.executable
+    baseline: Optional[str] = None
+    diff_metrics: List[str] = field(default_factory=list)
 
     def threads(self) -> int:
         # Split the cores evenly so K parallel runs don't oversubscribe (torch reads OMP_NUM_THREADS).
