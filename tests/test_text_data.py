@@ -4,14 +4,8 @@ import json
 import pytest
 import torch
 
-from crrelu_lightning.data.preference import (
-    SENTIMENT_PROMPT,
-    MalformedRecordError,
-    PreferenceDataModule,
-    read_jsonl_pairs,
-    sentiment_pairs,
-    truncate_pair,
-)
+from crrelu_lightning.data.preference import SENTIMENT_PROMPT, PreferenceDataModule, sentiment_pairs, truncate_pair
+from crrelu_lightning.data.preference_formats import read_groups
 from crrelu_lightning.data.text import SHAKESPEARE_VAL_PLAYS, RandomStartSampler, TextDataModule
 
 
@@ -65,31 +59,18 @@ def test_random_sampler_is_reproducible_and_changes_per_epoch():
 # ---------------------------------------------------------------- preference pairs
 HH = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: see you",
       "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: go away"}
-SHP = {"history": "Why?", "human_ref_A": "because", "human_ref_B": "no idea", "labels": 0}
+SHP = {"history": "Why?", "human_ref_A": "because", "human_ref_B": "no idea", "labels": 0, "score_A": 2, "score_B": 9}
 
 
 def test_hh_and_shp_parsing(tmp_path):
     (tmp_path / "hh.jsonl").write_text(json.dumps(HH) + "\n")
-    (tmp_path / "shp.jsonl").write_text(json.dumps(SHP) + "\n" + json.dumps({**SHP, "labels": 1}) + "\n")
-    [(p, c, r)] = read_jsonl_pairs(tmp_path / "hh.jsonl", "hh")
-    assert p == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant:" and c == " see you" and r == " go away"
-    s0, s1 = read_jsonl_pairs(tmp_path / "shp.jsonl", "shp")
-    assert s0 == ("\n\nHuman: Why?\n\nAssistant:", " no idea", " because")
-    assert s1[1:] == (" because", " no idea")
-
-
-def test_malformed_jsonl_reports_file_and_line(tmp_path):
-    f = tmp_path / "bad.jsonl"
-    f.write_text("\n".join([json.dumps(HH), "{not json", json.dumps({"chosen": "x"}), json.dumps(HH)]) + "\n")
-    with pytest.raises(MalformedRecordError, match=r"bad\.jsonl:2"):
-        read_jsonl_pairs(f, "hh", on_error="raise")
-    with pytest.warns(UserWarning) as w:
-        pairs = read_jsonl_pairs(f, "hh", on_error="skip")
-    assert len(pairs) == 2
-    msg = str(w[0].message)
-    assert "bad.jsonl:2" in msg and "bad.jsonl:3" in msg and "rejected" in msg
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        read_jsonl_pairs(tmp_path / "nope.jsonl", "hh")
+    (tmp_path / "shp.jsonl").write_text(json.dumps(SHP) + "\n" + json.dumps({**SHP, "labels": 1, "history": "How?"}) + "\n")
+    [g] = read_groups("hh", [tmp_path / "hh.jsonl"])
+    assert g.prompt == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant:"
+    assert g.responses == [" see you", " go away"]
+    s0, s1 = read_groups("shp", [tmp_path / "shp.jsonl"])
+    assert (s0.prompt, s0.responses) == ("\n\nHuman: Why?\n\nAssistant:", [" no idea", " because"])
+    assert s1.responses == [" because", " no idea"]
 
 
 def test_sentiment_pairs_split_snippets_before_pairing():

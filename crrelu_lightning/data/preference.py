@@ -1,111 +1,47 @@
-"""Preference pairs (prompt, chosen, rejected) for DPO, and (prompt, response) for SFT.
+"""Preference pairs (prompt, chosen, rejected) for DPO, and (prompt, SFT target) for SFT.
 
-Sources (all local):
-* ``hh``  — JSONL with ``chosen`` / ``rejected`` transcripts (Anthropic HH). The prompt is the common
-  prefix up to and including the last ``"\\n\\nAssistant:"`` of ``chosen``; the responses are the rest.
-* ``shp`` — JSONL with ``history``, ``human_ref_A``, ``human_ref_B``, ``labels`` (1: A preferred).
-  Prompt = ``"\\n\\nHuman: " + history + "\\n\\nAssistant:"``, responses ``" " + ref``.
-* ``sentiment`` — the human-rated snippets of DATA.md (``*_GroundTruth.txt``: id, mean rating, text):
-  a snippet rated >= +1 (chosen) paired with one rated <= -1 (rejected) under ``SENTIMENT_PROMPT``.
-  Snippets are split into train/validation *before* pairing, so no snippet is in both.
+Sources (all local; formats and folder layouts in ``preference_formats`` and docs/language.md):
+``hh`` (Anthropic HH, ``<subset>/{train,test}.jsonl.gz``), ``shp`` (Stanford SHP,
+``<domain>/{train,validation,test}.json``), ``trl`` (prompt/chosen/rejected records, JSONL or Parquet)
+and ``sentiment`` — the human-rated snippets (``*_GroundTruth.txt``: id, mean rating, text): a snippet
+rated >= +1 (chosen) paired with one rated <= -1 (rejected) under ``SENTIMENT_PROMPT``. Snippets are
+split into train/validation *before* pairing, so no snippet is in both.
+
+DPO sees one example per preference pair, SFT one per prompt (its SFT target), as the reference code.
 
 Truncation (``truncate_pair``): when prompt + longer response exceeds ``max_length`` tokens, the
-prompt is cut from the LEFT down to ``max_prompt_length`` tokens (its end, next to the response,
-is what matters); if that is still too long, the responses are cut on the RIGHT to fit. The response
-mask always covers exactly the response tokens that remain.
+prompt is cut to ``max_prompt_length`` tokens, keeping its end (``keep_end``: HH, TRL, sentiment — the
+last turn, next to the response, matters) or its start (``keep_start``: SHP — the post's opening states
+the question); if that is still too long, the responses are cut on the RIGHT to fit. The response mask
+always covers exactly the response tokens that remain.
 """
 from __future__ import annotations
 
-import json
 import random
-import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from crrelu_lightning.data.preference_formats import SHP_MIN_SCORE_RATIO, PromptGroup, read_groups, split_files
+from crrelu_lightning.data.records import BadRecords, MalformedRecordError
 from crrelu_lightning.tokenizers import build_tokenizer
 
+__all__ = ["MalformedRecordError", "PreferenceDataModule", "SENTIMENT_PROMPT", "pad_sequences", "truncate_pair"]
+
 SENTIMENT_PROMPT = "Write a positive sentence from a movie review:"
-HH_SEARCH = "\n\nAssistant:"
 Pair = Tuple[str, str, str]  # (prompt, chosen response, rejected response)
 
 
-class MalformedRecordError(ValueError):
-    pass
-
-
-def _report(errors: List[str], on_error: str, source: str) -> None:
-    if errors and on_error == "skip":
-        shown = "; ".join(errors[:5]) + (f"; ... ({len(errors) - 5} more)" if len(errors) > 5 else "")
-        warnings.warn(f"skipped {len(errors)} malformed record(s) in {source}: {shown}", stacklevel=3)
-
-
-def _hh_pair(rec: Dict[str, Any]) -> Pair:
-    chosen, rejected = rec["chosen"], rec["rejected"]
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise MalformedRecordError("'chosen' and 'rejected' must be strings")
-    cut = chosen.rfind(HH_SEARCH)
-    if cut < 0:
-        raise MalformedRecordError(f"'chosen' has no {HH_SEARCH!r} turn")
-    prompt = chosen[: cut + len(HH_SEARCH)]
-    if not rejected.startswith(prompt):
-        raise MalformedRecordError("'rejected' does not share the prompt of 'chosen'")
-    return prompt, chosen[len(prompt):], rejected[len(prompt):]
-
-
-def _shp_pair(rec: Dict[str, Any]) -> Pair:
-    a, b, label = rec["human_ref_A"], rec["human_ref_B"], rec["labels"]
-    if label not in (0, 1):
-        raise MalformedRecordError(f"'labels' must be 0 or 1, got {label!r}")
-    prompt = "\n\nHuman: " + str(rec["history"]) + HH_SEARCH
-    chosen, rejected = (a, b) if label == 1 else (b, a)
-    return prompt, " " + str(chosen), " " + str(rejected)
-
-
-PARSERS = {"hh": _hh_pair, "shp": _shp_pair}
-
-
-def read_jsonl_pairs(path: Path, fmt: str, on_error: str = "raise") -> List[Pair]:
-    """Parse HH/SHP JSONL. Bad lines raise (``on_error="raise"``) or are skipped with one warning
-    listing ``file:line: reason`` for each."""
-    if fmt not in PARSERS:
-        raise ValueError(f"format must be one of {sorted(PARSERS)}, got {fmt!r}")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
-    pairs, errors = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise MalformedRecordError(f"expected a JSON object, got {type(rec).__name__}")
-                pairs.append(PARSERS[fmt](rec))
-            except (json.JSONDecodeError, MalformedRecordError, KeyError, TypeError) as e:
-                what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-                msg = f"{path}:{lineno}: {what}"
-                if on_error == "raise":
-                    raise MalformedRecordError(f"malformed {fmt} record at {msg}") from e
-                errors.append(msg)
-    _report(errors, on_error, str(path))
-    if not pairs:
-        raise ValueError(f"{path}: no valid {fmt} records")
-    return pairs
-
-
-def read_rated_snippets(path: Path, on_error: str = "raise") -> List[Tuple[float, str]]:
+def read_rated_snippets(path: Path, on_error: str = "skip", max_bad_fraction: float = 0.1) -> List[Tuple[float, str]]:
     """``id<TAB>rating<TAB>text`` lines -> (rating, text)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sentiment file {str(path)!r} does not exist (run `crrelu-lightning data fetch sentiment`)")
-    out, errors = [], []
+    out, report = [], BadRecords("sentiment", on_error, max_bad_fraction)
     with path.open(encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
@@ -115,12 +51,13 @@ def read_rated_snippets(path: Path, on_error: str = "raise") -> List[Tuple[float
             try:
                 if len(parts) < 3:
                     raise MalformedRecordError(f"expected 3 tab-separated fields, got {len(parts)}")
-                out.append((float(parts[1]), "\t".join(parts[2:]).strip()))
-            except (ValueError, MalformedRecordError) as e:
-                if on_error == "raise":
-                    raise MalformedRecordError(f"malformed rated snippet at {path}:{lineno}: {e}") from e
-                errors.append(f"{path}:{lineno}: {e}")
-    _report(errors, on_error, str(path))
+                rating = float(parts[1])
+            except ValueError as e:
+                report.bad(path, lineno, str(e))
+                continue
+            report.ok()
+            out.append((rating, "\t".join(parts[2:]).strip()))
+    report.finish(len(out), str(path))
     return out
 
 
@@ -140,11 +77,14 @@ def sentiment_pairs(snippets: Sequence[Tuple[float, str]], seed: int, val_fracti
     return train, val
 
 
-def truncate_pair(prompt: List[int], responses: Sequence[List[int]], max_length: int, max_prompt_length: int):
+def truncate_pair(prompt: List[int], responses: Sequence[List[int]], max_length: int, max_prompt_length: int,
+                  mode: str = "keep_end"):
     """Apply the module's truncation rule (see module docstring); returns (prompt, responses)."""
+    if mode not in ("keep_end", "keep_start"):
+        raise ValueError(f"truncation mode must be 'keep_end' or 'keep_start', got {mode!r}")
     longest = max(len(r) for r in responses)
-    if len(prompt) + longest > max_length:
-        prompt = prompt[-max_prompt_length:] if len(prompt) > max_prompt_length else prompt
+    if len(prompt) + longest > max_length and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:] if mode == "keep_end" else prompt[:max_prompt_length]
     if len(prompt) + longest > max_length:
         keep = max_length - len(prompt)
         responses = [r[:keep] for r in responses]
@@ -162,49 +102,91 @@ def pad_sequences(seqs: Sequence[Tuple[List[int], int]], pad_id: int = 0) -> Dic
     return {"input_ids": ids, "loss_mask": mask}
 
 
+def holdout(groups: List[PromptGroup], fraction: float, seed: int) -> Tuple[List[PromptGroup], List[PromptGroup]]:
+    """Seeded split by whole prompts (no prompt is in both): (train, val)."""
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(groups) * fraction)))
+    if n_val >= len(groups):
+        raise ValueError(f"only {len(groups)} prompt(s): nothing left to train on after holding out {n_val}")
+    return [groups[i] for i in sorted(order[n_val:])], [groups[i] for i in sorted(order[:n_val])]
+
+
+def examples(groups: Sequence[PromptGroup], mode: str) -> List[Pair]:
+    """DPO: one (prompt, chosen, rejected) per pair. SFT: one (prompt, target, target) per prompt."""
+    if mode == "sft":
+        return [(g.prompt, g.sft_target, g.sft_target) for g in groups]
+    return [(g.prompt, g.responses[i], g.responses[j]) for g in groups for i, j in g.pairs]
+
+
 class PreferenceDataModule(LightningDataModule):
-    """Preference data for ``DPO`` (``mode="dpo"``) or prompt/chosen-response data for SFT with
-    ``CausalLM`` (``mode="sft"``).
+    """Preference data for ``DPO`` (``mode="dpo"``) or prompt/SFT-target data for SFT with ``CausalLM``
+    (``mode="sft"``).
 
     Args:
-        format: ``"hh"``, ``"shp"`` or ``"sentiment"``.
-        train_path / val_path: JSONL files (hh/shp). For sentiment: a ``*_GroundTruth.txt`` file or the
-            fetched folder (uses ``movieReviewSnippets_GroundTruth.txt``); ``val_path`` is unused and
-            ``val_fraction`` of the pairs is held out with ``seed``.
+        format: ``"hh"``, ``"shp"``, ``"trl"`` or ``"sentiment"``.
+        train_path: a file, a folder holding ``<train_split>`` files, or a folder of subset/domain folders
+            (HH ``<subset>/train.jsonl.gz``, SHP ``<domain>/train.json``). Sentiment: a
+            ``*_GroundTruth.txt`` file or the fetched folder (``movieReviewSnippets_GroundTruth.txt``).
+        val_path: file or folder for validation; None -> the ``val_split`` files of a ``train_path``
+            folder, or (``train_path`` a file) ``val_fraction`` of its prompts held out with ``seed``.
+        subsets: HH subsets / SHP domains / TRL subfolders to read (None: all found).
+        train_split / val_split: split names in folder layouts (the reference code evaluates on ``test``).
+        truncation: ``keep_end`` / ``keep_start`` for prompts; None -> keep_start for SHP, else keep_end.
         max_length / max_prompt_length: token limits of the truncation rule.
-        on_error: ``"raise"`` or ``"skip"`` malformed records (reported with file and line).
+        on_error: ``"skip"`` (report file:line of each malformed record and go on) or ``"raise"``.
+        max_bad_fraction: with ``skip``, more malformed records than this fraction stops the run.
     """
 
     def __init__(
         self,
-        format: str = "hh",
-        train_path: str = "data/hh/train.jsonl",
+        format: Literal["hh", "shp", "trl", "sentiment"] = "hh",
+        train_path: str = "data/hh",
         val_path: Optional[str] = None,
+        subsets: Optional[List[str]] = None,
+        train_split: str = "train",
+        val_split: str = "test",
         tokenizer: str = "byte",
-        mode: str = "dpo",
+        mode: Literal["dpo", "sft"] = "dpo",
         max_length: int = 512,
         max_prompt_length: int = 256,
+        truncation: Optional[Literal["keep_end", "keep_start"]] = None,
         batch_size: int = 8,
         val_fraction: float = 0.1,
         max_train_pairs: Optional[int] = None,
         max_val_pairs: Optional[int] = None,
-        on_error: str = "raise",
+        on_error: Literal["skip", "raise"] = "skip",
+        max_bad_fraction: float = 0.1,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if format not in ("hh", "shp", "sentiment"):
-            raise ValueError(f"format must be 'hh', 'shp' or 'sentiment', got {format!r}")
+        if format not in ("hh", "shp", "trl", "sentiment"):
+            raise ValueError(f"format must be 'hh', 'shp', 'trl' or 'sentiment', got {format!r}")
         if mode not in ("dpo", "sft"):
             raise ValueError(f"mode must be 'dpo' or 'sft', got {mode!r}")
         if not 0 < max_prompt_length < max_length:
             raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if truncation not in (None, "keep_end", "keep_start"):
+            raise ValueError(f"truncation must be None, 'keep_end' or 'keep_start', got {truncation!r}")
         self.save_hyperparameters()
         self.tokenizer = build_tokenizer(tokenizer)
+        self.truncation = truncation or ("keep_start" if format == "shp" else "keep_end")
         self.train_pairs: Optional[List[Pair]] = None
         self.val_pairs: Optional[List[Pair]] = None
+
+    def _read(self, path: str, split: str) -> List[PromptGroup]:
+        hp = self.hparams
+        files = split_files(hp.format, Path(path), split, hp.subsets)
+        stats: Dict[str, int] = {}
+        groups = read_groups(hp.format, files, hp.on_error, hp.max_bad_fraction, stats)
+        shown = ", ".join(map(str, files[:3])) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
+        rank_zero_info(f"{hp.format} {split}: {stats['pairs']} pairs over {len(groups)} prompts from {shown} "
+                       f"({stats['malformed']} malformed skipped"
+                       + (f", {stats['filtered']} below the score ratio {SHP_MIN_SCORE_RATIO:g}" if hp.format == "shp" else "") + ")")
+        return groups
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_pairs is not None:
@@ -214,19 +196,24 @@ class PreferenceDataModule(LightningDataModule):
             path = Path(hp.train_path)
             if path.is_dir():
                 path = path / "movieReviewSnippets_GroundTruth.txt"
-            train, val = sentiment_pairs(read_rated_snippets(path, hp.on_error), hp.seed, hp.val_fraction)
+            snippets = read_rated_snippets(path, hp.on_error, hp.max_bad_fraction)
+            train, val = sentiment_pairs(snippets, hp.seed, hp.val_fraction)
+            if hp.mode == "sft":
+                train, val = ([(p, c, c) for p, c, _ in xs] for xs in (train, val))
         else:
-            train = read_jsonl_pairs(Path(hp.train_path), hp.format, hp.on_error)
+            train_groups = self._read(hp.train_path, hp.train_split)
             if hp.val_path is not None:
-                val = read_jsonl_pairs(Path(hp.val_path), hp.format, hp.on_error)
-            else:  # seeded split of the training file
-                order = list(range(len(train)))
-                random.Random(hp.seed).shuffle(order)
-                n_val = max(1, int(round(len(train) * hp.val_fraction)))
-                val = [train[i] for i in order[:n_val]]
-                train = [train[i] for i in order[n_val:]]
+                val_groups = self._read(hp.val_path, hp.val_split)
+            elif Path(hp.train_path).is_dir():
+                val_groups = self._read(hp.train_path, hp.val_split)
+            else:  # seeded split of the training file by whole prompts
+                train_groups, val_groups = holdout(train_groups, hp.val_fraction, hp.seed)
+            train, val = examples(train_groups, hp.mode), examples(val_groups, hp.mode)
         self.train_pairs = train[: hp.max_train_pairs] if hp.max_train_pairs else train
         self.val_pairs = val[: hp.max_val_pairs] if hp.max_val_pairs else val
+        if len(self.train_pairs) < hp.batch_size:
+            raise ValueError(f"{len(self.train_pairs)} training examples from {hp.train_path!r} are fewer than "
+                             f"batch_size={hp.batch_size} (the last partial batch is dropped): no training batches")
 
     def encode_pair(self, pair: Pair) -> Dict[str, Any]:
         """Tokenise and truncate one pair; responses end with EOS when the tokenizer has one."""
@@ -234,7 +221,8 @@ class PreferenceDataModule(LightningDataModule):
         eos = [tok.eos_id] if tok.eos_id is not None else []
         prompt = tok.encode(pair[0])
         responses = [tok.encode(pair[1]) + eos, tok.encode(pair[2]) + eos]
-        prompt, (chosen, rejected) = truncate_pair(prompt, responses, hp.max_length, hp.max_prompt_length)
+        prompt, (chosen, rejected) = truncate_pair(prompt, responses, hp.max_length, hp.max_prompt_length,
+                                                   self.truncation)
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
     def collate(self, pairs: List[Pair]) -> Dict[str, torch.Tensor]:
