@@ -19,6 +19,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from crrelu_lightning.callbacks._activation_taps import ActivationTaps, find_activation_modules
+from crrelu_lightning.callbacks._collection import (
+    CollectionSchedule,
+    RateLimitedWarnings,
+    SampleGenerators,
+    log_metrics,
+    reduce_sum,
+)
 from crrelu_lightning.activations import CRActivation
 from crrelu_lightning.entropy import eafo as E
 
@@ -32,11 +39,6 @@ def _snap_sigma(sigma: float) -> float:
     recompiles that a drifting running σ can trigger.
     """
     return 2.0 ** (round(16.0 * math.log2(sigma)) / 16.0)
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    # "cuda" and "cuda:0" name the same device for a generator created from the root device.
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 class EAFOCallback(Callback):
@@ -56,7 +58,8 @@ class EAFOCallback(Callback):
         sigma_momentum: running σ ← m·σ + (1 − m)·std(batch).
         include / exclude: glob patterns on module names (as in ``find_activation_modules``).
         slope_floor: smooth bases only: the branch B starts where g' reaches this value (EAFO.md §5).
-        seed: seed of the subsampling generator (offset by the global rank).
+        seed: seed of the subsampling generators; the stream of each batch is a function of (seed, global
+            rank, optimizer step, micro-batch), so ranks differ and a resumed run draws the same samples.
         updates: False = measure and log only; training is then bit-identical to a run without the callback.
     """
 
@@ -86,15 +89,14 @@ class EAFOCallback(Callback):
         bounds = tuple(float(b) for b in eps_bounds)
         if len(bounds) != 2 or not all(math.isfinite(b) for b in bounds) or not bounds[0] < bounds[1]:
             raise ValueError(f"eps_bounds must be two finite numbers lo < hi, got {eps_bounds!r}")
-        if int(every_n_steps) < 1 or int(warmup_steps) < 0:
-            raise ValueError(f"need every_n_steps >= 1 and warmup_steps >= 0, got {every_n_steps}, {warmup_steps}")
+        self.schedule = CollectionSchedule(every_n_steps, warmup_steps)  # validates both
         if max_samples_per_call is not None and int(max_samples_per_call) < 1:
             raise ValueError(f"max_samples_per_call must be >= 1 or None, got {max_samples_per_call!r}")
         if not 0.0 <= sigma_momentum < 1.0:
             raise ValueError(f"sigma_momentum must lie in [0, 1), got {sigma_momentum!r}")
         self.mode, self.lr, self.lam = mode, float(lr), float(lam)
         self.eps_bounds: Tuple[float, float] = bounds  # type: ignore[assignment]
-        self.every_n_steps, self.warmup_steps = int(every_n_steps), int(warmup_steps)
+        self.every_n_steps, self.warmup_steps = self.schedule.every_n_steps, self.schedule.warmup_steps
         self.max_samples_per_call = None if max_samples_per_call is None else int(max_samples_per_call)
         self.track_sigma, self.sigma_momentum = bool(track_sigma), float(sigma_momentum)
         self.include, self.exclude = include, exclude
@@ -102,7 +104,6 @@ class EAFOCallback(Callback):
         # Per-run state lives in setup() (EAFO.md §7); resumable counters are plain Python values.
         self.updates_done = 0
         self.running_sigma: Dict[str, float] = {}
-        self._loaded_generator: Optional[torch.Tensor] = None
 
     @property
     def state_key(self) -> str:
@@ -130,12 +131,11 @@ class EAFOCallback(Callback):
         self._b0 = [E.branch_cut(m.base, self.slope_floor) for m in self.layers.values()]
         device = trainer.strategy.root_device
         self._acc = torch.zeros(len(self._names), len(E.SUM_FIELDS), dtype=torch.int64, device=device)
-        self._rank, self._world = trainer.global_rank, getattr(trainer, "world_size", 1)
-        self._gen = torch.Generator(device=device)
-        self._gen.manual_seed(self.seed + 1_000_003 * self._rank)
-        self._restore_generator()
+        self.schedule = CollectionSchedule(self.every_n_steps, self.warmup_steps)
+        # Subsampling stream = f(seed, rank, step, micro-batch): nothing to checkpoint, exact on resume.
+        self._sampler = SampleGenerators(self.seed)
+        self._warnings = RateLimitedWarnings("EAFOCallback")
         self._taps = ActivationTaps(self.layers, self._collect)
-        self._step_at_start = -1
         self._pending: Dict[str, float] = {}
         self.last_metrics: Dict[str, float] = {}
 
@@ -169,41 +169,32 @@ class EAFOCallback(Callback):
                     self.layers[name].sigma = _snap_sigma(s)
         if self.updates:
             lo, hi = self.eps_bounds
-            outside = {n: float(m.eps) for n, m in self.layers.items() if not lo <= float(m.eps) <= hi}
+            outside = {n: _eps_value(m) for n, m in self.layers.items() if not lo <= _eps_value(m) <= hi}
             if outside:
                 rank_zero_warn(f"EAFOCallback: initial ε {outside} outside eps_bounds ({lo:g}, {hi:g}); clipped.")
             self._clip_all()
 
     # ------------------------------------------------------------------ collection (hot path)
-    def _is_collection_step(self, step: int) -> bool:
-        return step >= self.warmup_steps and (step - self.warmup_steps) % self.every_n_steps == 0
-
     def _collect(self, index: int, name: str, module: torch.nn.Module, x: Optional[torch.Tensor], out) -> None:
         if x is None:
             return
         x = x.reshape(-1)
         cap = self.max_samples_per_call
         if cap is not None and x.numel() > cap:
-            if not _same_device(self._gen.device, x.device):  # model moved after setup: follow it
-                gen = torch.Generator(device=x.device)
-                gen.manual_seed(self._gen.initial_seed())
-                self._gen = gen
-            x = x[torch.randint(x.numel(), (cap,), generator=self._gen, device=x.device)]
+            x = x[torch.randint(x.numel(), (cap,), generator=self._sampler.get(x.device), device=x.device)]
         self._acc[index] += E.branch_sums(x, module.base, module.eps, module.sigma, self._b0[index]).to(
             self._acc.device
         )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._step_at_start = trainer.global_step
-        self._taps.enabled = self._is_collection_step(trainer.global_step)
+        self._taps.enabled = self.schedule.batch_start(trainer.global_step)
+        if self._taps.enabled:
+            self._sampler.reseed(trainer.global_rank, trainer.global_step, self.schedule.micro_batch)
 
     # ------------------------------------------------------------------ reduction and updates
-    def _reduce(self) -> List[Dict[str, float]]:
-        """One all_reduce of every layer's integer sums (on all ranks), then decode; resets the sums."""
-        acc = self._acc
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                torch.distributed.all_reduce(acc)
+    def _reduce(self, trainer: Trainer) -> List[Dict[str, float]]:
+        """One sum of every layer's integer sums over all ranks (on all ranks), then decode; resets the sums."""
+        acc = reduce_sum(trainer, self._acc)
         stats = [E.decode_sums(row) for row in acc.cpu()]
         self._acc.zero_()
         return stats
@@ -231,7 +222,7 @@ class EAFOCallback(Callback):
                     add = torch.full_like(module.eps, self.lam * g)
                     module.eps.grad = add if module.eps.grad is None else module.eps.grad + add
                 else:
-                    new = min(max(module.eps.double().item() - self.lr * g, self.eps_bounds[0]), self.eps_bounds[1])
+                    new = min(max(_eps_value(module) - self.lr * g, self.eps_bounds[0]), self.eps_bounds[1])
                     module.eps.fill_(new)
         if self.updates:
             self.updates_done += 1
@@ -244,53 +235,39 @@ class EAFOCallback(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         # Same decision on every rank (global_step is shared), so the all_reduce runs everywhere or nowhere.
-        if self.mode == "regularize" and self._is_collection_step(trainer.global_step):
-            self._apply(self._reduce(), before_step=True)
+        if self.mode == "regularize" and self.schedule.is_collection_step(trainer.global_step):
+            self._apply(self._reduce(trainer), before_step=True)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         self._taps.enabled = False
-        if trainer.global_step == self._step_at_start:  # gradient accumulation: no optimizer step yet
+        stepped, done = self.schedule.batch_end(trainer.global_step)
+        if not stepped:  # gradient accumulation: no optimizer step yet
             return
-        step = self._step_at_start
-        if self.mode == "step" and self._is_collection_step(step):
-            self._apply(self._reduce(), before_step=False)
+        if self.mode == "step" and done is not None:
+            self._apply(self._reduce(trainer), before_step=False)
         if self.updates:
             self._clip_all()  # the optimizer may have moved ε (task gradient, regularize mode)
         if self._pending:
             for name in self._names:
-                self._pending[f"eafo/eps/{name}"] = float(self.layers[name].eps.item())
+                self._pending[f"eafo/eps/{name}"] = _eps_value(self.layers[name])
             self.last_metrics = self._pending
             self._pending = {}
-            # Written straight to the loggers: updates are already sparse (every_n_steps), and going through
-            # self.log would drop them whenever they miss the trainer's log_every_n_steps phase. Values are
-            # identical on every rank (from reduced sums), so only rank 0 does the I/O.
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(self.last_metrics, step=trainer.global_step)
+            # Straight to the loggers (rank zero): values come from reduced sums, identical on every rank.
+            log_metrics(trainer, self.last_metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._warnings.summary()
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> Dict[str, Any]:
-        gen = getattr(self, "_gen", None)
-        return {
-            "updates_done": self.updates_done,
-            "running_sigma": dict(self.running_sigma),
-            "generator": None if gen is None else gen.get_state(),
-        }
+        return {"updates_done": self.updates_done, "running_sigma": dict(self.running_sigma)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # Older checkpoints also hold a "generator" state: not needed, sampling is seeded per step.
         self.updates_done = int(state_dict["updates_done"])
         self.running_sigma = {k: float(v) for k, v in state_dict["running_sigma"].items()}
-        self._loaded_generator = state_dict.get("generator")
-        self._restore_generator()  # Lightning restores callbacks after setup(): apply to the live generator
 
-    def _restore_generator(self) -> None:
-        gen = getattr(self, "_gen", None)
-        if gen is None or self._loaded_generator is None:
-            return
-        if self._world == 1:
-            gen.set_state(self._loaded_generator)  # exact continuation of the sample stream
-        else:
-            # A checkpoint holds rank 0's stream only: give every rank a fresh stream of its own rather than
-            # have all ranks draw the same indices.
-            gen.manual_seed(self.seed + 1_000_003 * self._rank + 7_919 * (self.updates_done + 1))
-        self._loaded_generator = None
+
+def _eps_value(module: CRActivation) -> float:
+    """ε as a Python float, without autograd's requires_grad-to-scalar warning."""
+    return float(module.eps.detach())
