@@ -1,8 +1,8 @@
-"""The CR family: CRReLU and CR-corrected GELU, SiLU and Mish (EAFO.md §4).
+"""The CR family: CRReLU and CR-corrected GELU, SiLU and Mish (docs/eafo.md §1).
 
     f(x) = g(x) + ε·x·exp(−x²/(2σ²))     one learnable scalar ε per module, fixed width σ
 
-Sign fact (EAFO.md §4): on the invertible branch, ε < 0 DECREASES output entropy; the paper's
+Sign fact (docs/eafo.md §2): on the invertible branch, ε < 0 DECREASES output entropy; the paper's
 default ε₀ = +0.01 slightly increases it. The branch stays monotone iff −1 < ε < e^{3/2}/2.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class CRActivation(nn.Module):
 
     @property
     def branch_start(self) -> float:
-        """Left end of the base's invertible branch (EAFO.md §5)."""
+        """Left end of the base's invertible branch (docs/eafo.md §1)."""
         return cr_math.BRANCH_START[self.base]
 
     def base_derivative(self, x: torch.Tensor) -> torch.Tensor:

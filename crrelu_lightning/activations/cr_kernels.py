@@ -1,22 +1,26 @@
 """Fused CR-family forward/backward: backward keeps only the input, dε is reduced inside the backward pass.
 
-Implementations (``impl``):
-- ``"eager"``: a custom ``autograd.Function`` whose bodies are eager torch ops (no compiler; the fallback).
-- ``"compiled"``: the same Function with fused kernels: on CUDA (float32/16, bfloat16) hand-written Triton
+One ``autograd.Function`` (``CRFunction``) runs the bodies written once in ``cr_math`` (``cr_forward`` /
+``cr_backward``). Where they run (``impl``):
+
+- ``"eager"``: the bodies as eager torch ops (no compiler; the fallback).
+- ``"compiled"``: in eager mode, fused kernels: on CUDA (float32/16, bfloat16) the hand-written Triton
   kernels (``cr_triton``), elsewhere the bodies compiled by ``torch.compile`` (Inductor: one C++/OpenMP loop
   for the forward, one for the backward that writes dx and reduces dε in the same pass). If a compiler is
   missing or fails, it falls back (Triton → Inductor → eager) with one warning per device type.
+  Inside a user's ``torch.compile`` the Function's bodies are traced instead (no kernel dispatch, no graph
+  break), so Inductor fuses the activation with its neighbours and AOTAutograd still saves only x.
 - ``"reference"``: the plain expression differentiated by autograd (the paper's; keeps ~3 extra tensors).
-- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``. Setting the environment
-  variable ``CRRELU_DISABLE_COMPILE=1`` makes ``"auto"`` mean ``"eager"`` (tests, debugging);
-  ``CRRELU_DISABLE_TRITON=1`` makes CUDA use Inductor instead of the hand-written kernels.
+- ``"auto"``: ``"compiled"`` where the backend can build it, else ``"eager"``. ``CRRELU_DISABLE_COMPILE=1``
+  makes ``"auto"`` mean ``"eager"`` (tests, debugging); ``CRRELU_DISABLE_TRITON=1`` makes CUDA use Inductor.
 
-The compiled bodies operate on the flattened tensor, with σ baked in as a constant, so there is one graph
-per (forward/backward, base, σ, dtype) whatever the input shape (``dynamic=True``; the backward gets a
-second graph for inputs of ≤ 4096 elements, where Inductor picks another reduction). ε is passed as a
-tensor, never as a Python number: ``eps.item()`` would synchronise host and device on every call.
-In float32 the Gaussian exp(−x²/(2σ²)) is a polynomial plus six squarings (``gauss_f32``, relative error
-< 1e-5 where it matters) instead of Inductor's Sleef exp, which made the CPU kernels compute-bound.
+The eager-mode compiled bodies take the flattened tensor with its length marked dynamic, so there is one
+graph per (forward/backward, base, σ, dtype) whatever the input shape (plus one for one-element inputs).
+σ is specialised (a constant in the kernel): with ``dynamic=True`` Dynamo would turn it into a runtime
+argument that Inductor reloads in every loop iteration (measured: ~2× slower CPU kernels). Each
+(base, σ, device) gets its own copy of the body function, because Dynamo's recompile limit counts per code
+object. ε is passed as a tensor, never as a Python number: ``eps.item()`` would synchronise host and
+device on every call.
 
 Half-precision inputs are computed in float32 and cast back; ε stays float32 (or float64), and so does dε.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
@@ -33,109 +38,9 @@ from crrelu_lightning.activations import cr_math
 
 IMPLS = ("auto", "compiled", "eager", "reference")
 _HALF = (torch.float16, torch.bfloat16)
+gauss_f32 = cr_math.gauss_f32  # kept importable from here
 
-
-def _compute_dtype(x_dtype: torch.dtype, eps_dtype: torch.dtype) -> torch.dtype:
-    xd = torch.float32 if x_dtype in _HALF else x_dtype
-    return torch.promote_types(xd, torch.float32 if eps_dtype in _HALF else eps_dtype)
-
-
-# The bodies are generated from source so that every constant (σ, polynomial coefficients) is a literal:
-# torch.compile(dynamic=True) turns Python floats held in closures or globals into runtime arguments, which
-# Inductor then reloads and converts in every loop iteration (measured: ~2× slower kernels on CPU).
-_BODY_TEMPLATE = """
-def gauss_f32(x2, c):
-    # exp(c * x2) for float32 x2 >= 0 and a constant c < 0, as plain tensor ops that Inductor fuses into
-    # ~14 vector instructions. Inductor's C++ backend would otherwise call Sleef's exp, and an exponent-bit
-    # 2^n trick needs a bitcast that Inductor emits as a scalar loop; either makes the kernel compute-bound
-    # at ~2x GELU's time. Here: u = c*x2/64 (clamped so that the result stays >= e^-85, never a slow
-    # denormal), a degree-6 Taylor polynomial of e^u, then six squarings. Relative error < 1e-5 where
-    # c*x2 >= -12.5 (that is |x| <= 5 at sigma = 1; beyond, the value is < 4e-6 and the absolute error < 1e-10).
-    u = torch.clamp_min(x2 * (c * 0.015625), -1.328125)
-    p = u * 0.001388888888888889 + 0.008333333333333333
-    p = p * u + 0.041666666666666664
-    p = p * u + 0.16666666666666666
-    p = p * u + 0.5
-    p = p * u + 1.0
-    p = p * u + 1.0
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    return p * p
-
-
-def _gauss(x2, c):
-    # exp(c * x^2); the polynomial only pays off inside a fused kernel (eager, torch.exp is one MKL pass)
-    if {FAST} and x2.dtype == torch.float32:
-        return gauss_f32(x2, c)
-    return torch.exp(x2 * c)
-
-
-def forward_body(x, eps):
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf = x.to(cd)
-    y = {BASE_FWD} + eps.to(cd) * (xf * _gauss(xf * xf, {C!r}))
-    return y.to(x.dtype)
-
-
-def backward_body(x, dy, eps):
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf = x.to(cd)
-    dyf = dy.to(cd)
-    x2 = xf * xf
-    dyg = dyf * _gauss(x2, {C!r})  # dy * exp(-x^2 / (2 sigma^2))
-{BASE_BWD}
-    # dy * f'(x) = dy * g'(x) + eps * dy * (1 - x^2 / sigma^2) * exp(-x^2 / (2 sigma^2))
-    dx = dybase + eps.to(cd) * (dyg - dyg * x2 * {INV_S2!r})
-    deps = (dyg * xf).sum()  # dL/deps = sum dy * x * exp(-x^2 / (2 sigma^2)), same pass as dx
-    return dx.to(x.dtype), deps
-"""
-
-_BASE_FWD = {
-    "relu": "torch.relu(xf)",
-    "gelu": "F.gelu(xf)",
-    "silu": "F.silu(xf)",
-    "mish": "F.mish(xf)",
-}
-_BASE_BWD = {  # dybase = dy * g'(x)
-    "relu": "    dybase = torch.where(xf > 0, dyf, torch.zeros_like(dyf))",
-    "gelu": (
-        "    cdf = 0.5 * (1.0 + torch.erf(xf * 0.7071067811865476))\n"
-        "    dybase = dyf * (cdf + xf * (_gauss(x2, -0.5) * 0.3989422804014327))"
-    ),
-    "silu": "    s = torch.sigmoid(xf)\n    dybase = dyf * (s * (1.0 + xf * (1.0 - s)))",
-    "mish": (
-        "    t = torch.tanh(F.softplus(xf))\n"
-        "    dybase = dyf * (t + xf * (1.0 - t * t) * torch.sigmoid(xf))"
-    ),
-}
-
-
-def make_bodies(base: str, sigma: float, fused: bool = True) -> Tuple[Callable, Callable]:
-    """Forward ``f(x, eps) -> y`` and backward ``b(x, dy, eps) -> (dx, deps)`` bodies with σ baked in.
-
-    ``fused``: the bodies will be compiled (float32 Gaussian by ``gauss_f32``); else eager (``torch.exp``).
-    """
-    if base not in cr_math.CR_BASES:
-        raise ValueError(f"Unknown CR base {base!r}; expected one of {cr_math.CR_BASES}")
-    src = _BODY_TEMPLATE.format(
-        BASE_FWD=_BASE_FWD[base], BASE_BWD=_BASE_BWD[base], C=-0.5 / (sigma * sigma), INV_S2=1.0 / (sigma * sigma),
-        FAST=bool(fused),
-    )
-    namespace = {"torch": torch, "F": torch.nn.functional, "_compute_dtype": _compute_dtype}
-    exec(compile(src, f"<cr_kernels body {base} sigma={sigma!r}>", "exec"), namespace)
-    return namespace["forward_body"], namespace["backward_body"]
-
-
-def gauss_f32(x2: torch.Tensor, c: float) -> torch.Tensor:
-    """The float32 exp(c·x2) used inside the compiled bodies (exposed for tests)."""
-    return make_bodies("relu", 1.0)[0].__globals__["gauss_f32"](x2, c)
-
-
-# --------------------------------------------------------------------------- body caches and compilation
-_eager: Dict[Tuple[str, float], Tuple[Callable, Callable]] = {}
+# --------------------------------------------------------------------------- compiled bodies (eager mode)
 _compiled: Dict[Tuple[str, float, str], Tuple[Callable, Callable]] = {}
 _compile_failed: Dict[str, bool] = {}  # device type -> Inductor unavailable
 _triton_failed = False
@@ -156,18 +61,26 @@ def _compile_enabled() -> bool:
 def reset_caches() -> None:
     """Forget compiled bodies and compile failures (tests)."""
     global _triton_failed
-    _eager.clear()
     _compiled.clear()
     _compile_failed.clear()
     _triton_failed = False
 
 
-def _eager_bodies(base: str, sigma: float) -> Tuple[Callable, Callable]:
-    key = (base, sigma)
-    bodies = _eager.get(key)
-    if bodies is None:
-        bodies = _eager[key] = make_bodies(base, sigma, fused=False)
-    return bodies
+def _own_copy(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own, so its Dynamo cache (and recompile limit) is not shared."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _bodies(base: str, sigma: float) -> Tuple[Callable, Callable]:
+    """The ``cr_math`` bodies with base, σ and ``fused`` bound, each with its own code object."""
+
+    def forward_body(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return cr_math.cr_forward(base, x, eps, sigma, fused=True)
+
+    def backward_body(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor):
+        return cr_math.cr_backward(base, x, dy, eps, sigma, fused=True)
+
+    return _own_copy(forward_body), _own_copy(backward_body)
 
 
 def _compiled_bodies(base: str, sigma: float, device_type: str) -> Optional[Tuple[Callable, Callable]]:
@@ -178,8 +91,7 @@ def _compiled_bodies(base: str, sigma: float, device_type: str) -> Optional[Tupl
     if bodies is None:
         try:
             bodies = tuple(
-                _torch_compile(b, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
-                for b in make_bodies(base, sigma)
+                _torch_compile(body, fullgraph=True, options=_INDUCTOR_OPTIONS) for body in _bodies(base, sigma)
             )
         except Exception as err:  # pragma: no cover - depends on the installed backend
             _disable_compile(device_type, err)
@@ -216,28 +128,37 @@ def _disable_triton(err: BaseException) -> None:
     )
 
 
-def _run(which: int, args: Tuple[torch.Tensor, ...], base: str, sigma: float, compiled: bool):
-    """Forward (``which=0``, args = x, eps) or backward (``which=1``, args = x, dy, eps); x flat, contiguous.
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """1-D contiguous view with its length marked dynamic (one compiled graph for every shape)."""
+    flat = t.contiguous().view(-1)
+    torch._dynamo.maybe_mark_dynamic(flat, 0)
+    return flat
 
-    Compiled: the Triton kernel on CUDA, else the Inductor-compiled body; each falls back (warning once) to
-    the next, down to the eager body.
+
+def _run_kernels(which: int, args: Tuple[torch.Tensor, ...], base: str, sigma: float):
+    """Eager mode, impl="compiled": forward (``which=0``, args = x, eps) or backward (1: x, dy, eps).
+
+    The Triton kernel on CUDA, else the Inductor-compiled body; each falls back (warning once) to the next,
+    down to the eager body. Returns tensors shaped like x.
     """
     x = args[0]
-    if compiled:
-        if _use_triton(x):
-            try:
-                from crrelu_lightning.activations import cr_triton
+    if _use_triton(x):
+        try:
+            from crrelu_lightning.activations import cr_triton
 
-                return (cr_triton.cr_forward, cr_triton.cr_backward)[which](*args, base, sigma)
-            except Exception as err:  # pragma: no cover - needs a GPU
-                _disable_triton(err)
-        bodies = _compiled_bodies(base, sigma, x.device.type)
-        if bodies is not None:
-            try:
-                return bodies[which](*args)
-            except Exception as err:  # Inductor compiles lazily, on the first call
-                _disable_compile(x.device.type, err)
-    return _eager_bodies(base, sigma)[which](*args)
+            flat = tuple(a.contiguous() for a in args[:-1]) + (args[-1],)
+            out = (cr_triton.cr_forward, cr_triton.cr_backward)[which](*flat, base, sigma)
+            return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
+        except Exception as err:  # pragma: no cover - needs a GPU
+            _disable_triton(err)
+    bodies = _compiled_bodies(base, sigma, x.device.type)
+    if bodies is not None:
+        try:
+            out = bodies[which](*(_flat(a) for a in args[:-1]), args[-1])
+            return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
+        except Exception as err:  # Inductor compiles lazily, on the first call
+            _disable_compile(x.device.type, err)
+    return (cr_math.cr_forward, cr_math.cr_backward)[which](base, *args, sigma)
 
 
 def _autocast_off(x: torch.Tensor):
@@ -247,34 +168,39 @@ def _autocast_off(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D alias of (a contiguous copy of) ``t`` that is not a view.
-
-    A ``view(-1)`` would carry ``_base``, and Dynamo guards on the base's rank and strides, recompiling the
-    bodies for every input rank; a fresh tensor set to the same storage keeps one graph for all shapes.
-    """
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
-
-
 class CRFunction(torch.autograd.Function):
-    """y = g(x) + ε·k_σ(x); saves only x (and the one-element ε)."""
+    """y = g(x) + ε·k_σ(x); saves only x (and the one-element ε).
+
+    ``compiled``: dispatch to fused kernels in eager mode. Under ``torch.compile`` the bodies are always
+    traced (``fused`` polynomial Gaussian in float32), whatever ``compiled`` says.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: torch.Tensor, base: str, sigma: float, compiled: bool):
+        e = eps.detach().reshape(())
         with _autocast_off(x):
-            y = _run(0, (_flat(x), eps.detach().reshape(())), base, sigma, compiled)
+            if torch.compiler.is_compiling():
+                y = cr_math.cr_forward(base, x, e, sigma, fused=True)
+            elif compiled:
+                y = _run_kernels(0, (x, e), base, sigma)
+            else:
+                y = cr_math.cr_forward(base, x, e, sigma)
         ctx.save_for_backward(x, eps)
         ctx.base, ctx.sigma, ctx.compiled = base, sigma, compiled
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, eps = ctx.saved_tensors
+        e = eps.detach().reshape(())
         with _autocast_off(x):
-            dx, deps = _run(1, (_flat(x), _flat(dy), eps.detach().reshape(())), ctx.base, ctx.sigma, ctx.compiled)
-        dx = dx.view(x.shape) if ctx.needs_input_grad[0] else None
+            if torch.compiler.is_compiling():
+                dx, deps = cr_math.cr_backward(ctx.base, x, dy, e, ctx.sigma, fused=True)
+            elif ctx.compiled:
+                dx, deps = _run_kernels(1, (x, dy, e), ctx.base, ctx.sigma)
+            else:
+                dx, deps = cr_math.cr_backward(ctx.base, x, dy, e, ctx.sigma)
+        dx = dx if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None
 
@@ -283,6 +209,8 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if impl not in IMPLS:
         raise ValueError(f"Unknown CR implementation {impl!r}; expected one of {IMPLS}")
     if impl == "auto":
+        if torch.compiler.is_compiling():
+            return "compiled"  # traced either way; skip the environment lookups
         if not _compile_enabled() or _compile_failed.get(device.type):
             return "eager"
         return "compiled"

@@ -1,4 +1,4 @@
-"""WAFBC: the worst activation function with boundary conditions (EAFO.md §2).
+"""WAFBC: the worst activation function with boundary conditions (docs/eafo.md §3).
 
     WAFBC(x) = a + (b − a)·Φ((x − μ)/σ)
 
