@@ -73,8 +73,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n")
     # LightningCLI reads sys.argv itself when args is None (passing both triggers a warning).
-    cli_main(None if from_sys else argv)
+    try:
+        cli_main(None if from_sys else argv)
+    except Exception as err:
+        unknown = _unknown_activation(err)
+        if unknown is None:
+            raise
+        # One short line instead of jsonargparse's union report, which repeats the message in a traceback.
+        print(f"error: --model.activation: {unknown}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _unknown_activation(err: BaseException):
+    """The ``UnknownActivationError`` that caused ``err`` (model instantiation wraps it), if any."""
+    from crrelu_lightning.activations import UnknownActivationError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UnknownActivationError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -193,7 +193,7 @@ def test_error_message_prefers_exception_line():
 @pytest.mark.parametrize("argv, needle", [
     (["--activations", "gelu", "--seeds", "0,x"], "bad seed 'x'"),
     (["--activations", "gelu", "--seeds", "1,1"], "repeats a seed"),
-    (["--activations", "gelu,nosuchact"], "unknown activation(s) ['nosuchact']"),
+    (["--activations", "gelu,nosuchact"], "Unknown activation 'nosuchact'"),
     (["--activations", "gelu,gelu"], "activation labels repeated: ['gelu']"),
     (["--activations", "gelu", "--activation-kwargs", "crrelu:{}"], "not in --activations"),
     (["--activations", "gelu", "--activation-kwargs", "gelu:{eps: 1}"], "is not valid JSON"),
@@ -206,7 +206,7 @@ def test_cli_bad_input(tmp_path, capsys, argv, needle):
     assert cli.main(["--config", str(cfg), "--out", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err
-    if "unknown activation" in needle:
+    if "Unknown activation" in needle:
         assert "crrelu" in err and "gelu" in err  # the registry is listed
 
 

@@ -5,6 +5,7 @@ from crrelu_lightning.activations.registry import (
     build_activation,
     get_activation,
     register_activation,
+    UnknownActivationError,
 )
 from crrelu_lightning.activations import standard  # noqa: F401  (registers built-ins)
 from crrelu_lightning.activations.standard import StarReLU
@@ -17,6 +18,7 @@ __all__ = [
     "available_activations",
     "activation_class",
     "build_activation",
+    "UnknownActivationError",
     "CRActivation",
     "CRReLU",
     "CRGELU",

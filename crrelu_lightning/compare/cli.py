@@ -87,13 +87,13 @@ def parse_activations(text: str, check: bool) -> List[Tuple[str, str]]:
     if dupes:
         raise ValueError(f"activation labels repeated: {dupes}; give variants their own LABEL=NAME")
     if check:
-        from crrelu_lightning.activations import available_activations
+        from crrelu_lightning.activations import UnknownActivationError, activation_class
 
-        known = set(available_activations())
-        unknown = [n for _, n in out if n.strip().lower().replace("-", "_") not in known]
-        if unknown:
-            raise ValueError(f"unknown activation(s) {unknown}. Registered: {', '.join(sorted(known))}. "
-                             "(Use --no-check-activations for names your own module registers.)")
+        for _, name in out:  # registered names, entry points and import paths (mypkg.acts.MyAct)
+            try:
+                activation_class(name)
+            except UnknownActivationError as err:
+                raise ValueError(f"--activations: {err} (--no-check-activations skips this check)") from None
     return out
 
 
