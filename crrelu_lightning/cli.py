@@ -7,6 +7,7 @@ are dispatched before LightningCLI parses anything:
     crrelu-lightning data fetch NAME     fetch an offline dataset (see ``data --help``)
     crrelu-lightning eafo ...            static EAFO table and plot
     crrelu-lightning compare ...         activation × seed comparison runner
+    crrelu-lightning export ...          language checkpoint -> Hugging Face GPT-2 folder
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ EXTRA_COMMANDS: Dict[str, str] = {
     "data": "crrelu_lightning.data.fetch:main",
     "eafo": "crrelu_lightning.eafo_cli:main",
     "compare": "crrelu_lightning.compare.cli:main",
+    "export": "crrelu_lightning.export:main",
 }
 
 TRAINER_DEFAULTS = {

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from crrelu_lightning.models.dpo import DPO, dpo_loss, sequence_logprobs
+from crrelu_lightning.models.gpt import GPTConfig
 
-TINY = dict(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8, activation="crrelu",
-            activation_kwargs={"impl": "reference"})
+TINY = dict(gpt=GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8, activation="crrelu",
+                          activation_kwargs={"impl": "reference"}))
 
 
 def test_dpo_loss_and_metrics_match_hand_computation():

@@ -45,7 +45,7 @@ def write_folder(tmp_path, sd, fmt="safetensors", act="gelu_new"):
     return tmp_path
 
 
-def reference_forward(sd, idx, prefix="transformer.", act=None):
+def reference_forward(sd, idx, prefix="transformer.", act=None, head=None):
     """GPT-2 written out from the raw HF tensors: Conv1D is x @ W + b, attention by explicit softmax."""
     act = act or (lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))))
     w = lambda k: sd[prefix + k]  # noqa: E731
@@ -68,7 +68,7 @@ def reference_forward(sd, idx, prefix="transformer.", act=None):
         x = x + y @ w(h + "attn.c_proj.weight") + w(h + "attn.c_proj.bias")
         m = act(ln(x, h + "ln_2") @ w(h + "mlp.c_fc.weight") + w(h + "mlp.c_fc.bias"))
         x = x + m @ w(h + "mlp.c_proj.weight") + w(h + "mlp.c_proj.bias")
-    return ln(x, "ln_f") @ w("wte.weight").T
+    return ln(x, "ln_f") @ (w("wte.weight") if head is None else head).T
 
 
 @pytest.mark.parametrize("fmt,prefix", [("safetensors", "transformer."), ("bin", ""), ("safetensors", "")])
@@ -153,3 +153,47 @@ def test_generate_greedy_and_top_k():
     assert torch.equal(model.generate(idx, 8, temperature=1.5, top_k=1), out)
     with pytest.raises(ValueError, match="temperature"):
         model.generate(idx, 1, temperature=-1.0)
+
+
+# ---------------------------------------------------------------- strict loading (nothing silently ignored)
+@pytest.mark.parametrize("key,value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False),
+                                       ("add_cross_attention", True), ("n_inner", 3 * C), ("model_type", "gpt_neo")])
+def test_unrepresentable_gpt2_options_are_refused_by_name(tmp_path, key, value):
+    write_folder(tmp_path, hf_tensors())
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ValueError, match=rf"config\.json: .*{key}={json.dumps(value)} is not supported"):
+        GPT.from_pretrained(tmp_path)
+    # the representable values of the same options load
+    ok = {"scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True, "add_cross_attention": False,
+          "n_inner": 4 * C, "model_type": "gpt2"}[key]
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, key: ok}))
+    GPT.from_pretrained(tmp_path)
+
+
+def test_untied_output_head_is_loaded_and_used(tmp_path):
+    sd = hf_tensors()
+    head = torch.randn(V, C, generator=torch.Generator().manual_seed(5))
+    write_folder(tmp_path, {**sd, "lm_head.weight": head})
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    # tied in config.json, but a different head in the file: refused (neither choice would be silent)
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight .*tie_word_embeddings"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
+    model = GPT.from_pretrained(tmp_path).eval()
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    idx = torch.randint(V, (2, P))
+    with torch.no_grad():
+        got = model(idx)
+    torch.testing.assert_close(got, reference_forward(sd, idx, head=head), atol=1e-5, rtol=1e-5)
+    write_folder(tmp_path, sd)  # untied config without the head tensor
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
+    with pytest.raises(ValueError, match="tie_word_embeddings is false but .* no lm_head.weight"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_tensors_without_a_place_are_refused(tmp_path):
+    sd = hf_tensors()
+    sd["multiple_choice_head.summary.weight"] = torch.zeros(1, C)
+    with pytest.raises(ValueError, match="no place for .*multiple_choice_head.summary.weight"):
+        GPT.from_pretrained(write_folder(tmp_path, sd))

@@ -11,7 +11,8 @@ from crrelu_lightning.cli import cli_main
 from crrelu_lightning.data.text import SHAKESPEARE_VAL_PLAYS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "language"
-TINY_MODEL = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--model.block_size", "32"]
+TINY_MODEL = ["--model.gpt.n_layer", "1", "--model.gpt.n_head", "2", "--model.gpt.n_embd", "16",
+              "--model.gpt.block_size", "32"]
 QUICK = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
          "--trainer.enable_progress_bar", "false"]
 
@@ -41,16 +42,16 @@ def test_shakespeare_then_sentiment_dpo_via_cli(tmp_path, monkeypatch):
     cli_main(["fit", "--config", str(CONFIGS / "shakespeare_char.yaml"), *TINY_MODEL, *QUICK,
               "--model.activation", "crrelu", "--model.sample_tokens", "20", "--model.warmup_steps", "2",
               "--data.block_size", "32", "--data.batch_size", "4", "--data.max_val_blocks", "4"])
-    lm_ckpt = tmp_path / "checkpoints" / "shakespeare_char" / "last.ckpt"
+    lm_ckpt = tmp_path / "lightning_logs" / "shakespeare_char" / "version_0" / "checkpoints" / "last.ckpt"
     assert lm_ckpt.is_file() and list(lm_ckpt.parent.glob("best-*.ckpt"))
     lm = torch.load(lm_ckpt, map_location="cpu", weights_only=True)
-    assert lm["hyper_parameters"]["activation"] == "crrelu"  # stored as a name
-    assert lm["hyper_parameters"]["gpt_config"]["n_embd"] == 16
+    assert lm["gpt"]["config"]["activation"] == "crrelu"  # stored as a name, with the whole shape
+    assert lm["gpt"]["config"]["n_embd"] == 16 and lm["gpt"]["prefix"] == "model."
 
     # TensorBoard got the metrics and a text sample
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    [event_dir] = {p.parent for p in (tmp_path / "lightning_logs").rglob("events.out.tfevents.*")}
+    [event_dir] = {p.parent for p in (tmp_path / "lightning_logs" / "shakespeare_char").rglob("events.out.tfevents.*")}
     ea = EventAccumulator(str(event_dir))
     ea.Reload()
     assert {"val/loss", "val/ppl", "val/bpb", "train/loss"} <= set(ea.Tags()["scalars"])
@@ -63,7 +64,7 @@ def test_shakespeare_then_sentiment_dpo_via_cli(tmp_path, monkeypatch):
         cli_main(["fit", "--config", str(CONFIGS / "sentiment_dpo.yaml"), *QUICK, "--data.max_length", "32",
                   "--data.max_prompt_length", "8", "--data.batch_size", "2", "--model.lr", "1e-3",
                   "--model.warmup_steps", "1"])
-    dpo_ckpt = tmp_path / "checkpoints" / "sentiment_dpo" / "last.ckpt"
+    dpo_ckpt = tmp_path / "lightning_logs" / "sentiment_dpo" / "version_0" / "checkpoints" / "last.ckpt"
     sd = torch.load(dpo_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert set(sd) == {"policy." + k[len("model."):] for k in lm["state_dict"]}  # weights stored once
 
@@ -87,6 +88,7 @@ def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
     from crrelu_lightning.data.preference import PreferenceDataModule
     from crrelu_lightning.data.text import TextDataModule
     from crrelu_lightning.models.dpo import DPO
+    from crrelu_lightning.models.gpt import GPTConfig
     from crrelu_lightning.models.language import CausalLM
 
     write_corpus(tmp_path)
@@ -94,8 +96,8 @@ def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
                         batch_size=4, train_samples_per_epoch=16, max_val_blocks=4)
     # ε is not learnable here, so only the EAFO callback can move it
     frozen_eps = {"learnable": False}
-    model = CausalLM(n_layer=2, n_head=2, n_embd=16, block_size=16, activation="crrelu", sample_tokens=0,
-                     warmup_steps=1, activation_kwargs=frozen_eps)
+    model = CausalLM(GPTConfig(vocab_size=256, n_layer=2, n_head=2, n_embd=16, block_size=16), activation="crrelu",
+                     sample_tokens=0, warmup_steps=1, activation_kwargs=frozen_eps)
 
     def fit(model, dm):
         monitor = ActivationEntropyMonitor(every_n_steps=1, log_histograms_every_n_steps=None,
@@ -114,8 +116,8 @@ def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
     write_sentiment(tmp_path)
     pm = PreferenceDataModule(format="sentiment", train_path=str(tmp_path / "data" / "sentiment"), max_length=16,
                               max_prompt_length=8, batch_size=2, on_error="skip")
-    dpo = DPO(n_layer=2, n_head=2, n_embd=16, block_size=16, activation="crrelu", lr=1e-3, warmup_steps=1,
-              activation_kwargs=frozen_eps)
+    dpo = DPO(gpt=GPTConfig(vocab_size=256, n_layer=2, n_head=2, n_embd=16, block_size=16), activation="crrelu",
+              lr=1e-3, warmup_steps=1, activation_kwargs=frozen_eps)
     assert len(fit(dpo, pm)) == 2  # the policy's two layers only: the frozen reference is not monitored
     assert all(b.mlp.act.eps.item() != pytest.approx(0.01) for b in dpo.policy.transformer.h)
     assert all(b.mlp.act.eps.item() == pytest.approx(0.01) for b in dpo.reference.transformer.h)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from crrelu_lightning.data.text import TextDataModule
+from crrelu_lightning.models.gpt import GPTConfig
 from crrelu_lightning.models.language import CausalLM
 
 
@@ -14,8 +15,8 @@ def _setup(tmp_path):
     dm = TextDataModule(paths=str(tmp_path / "train.txt"), block_size=16, batch_size=2, max_val_blocks=8,
                         val_fraction=0.2)
     torch.manual_seed(0)
-    model = CausalLM(n_layer=1, n_head=2, n_embd=16, block_size=16, activation="crrelu",
-                     activation_kwargs={"impl": "eager"}, sample_tokens=0)
+    model = CausalLM(GPTConfig(vocab_size=256, n_layer=1, n_head=2, n_embd=16, block_size=16, activation="crrelu",
+                               activation_kwargs={"impl": "eager"}), sample_tokens=0)
     return model, dm
 
 

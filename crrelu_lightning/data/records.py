@@ -112,4 +112,4 @@ class BadRecords:
                 f"{self._summary()} — more than max_bad_fraction={self.max_bad_fraction}; is this the right "
                 f"format for {sources}? (raise max_bad_fraction to accept it)")
         if n:
-            warnings.warn(f"skipped {self._summary()}", stacklevel=3)
+            warnings.warn(f"{self._summary()}; skipped them (on_error: skip)", stacklevel=3)

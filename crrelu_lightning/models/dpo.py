@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch.nn import functional as F
 
-from crrelu_lightning.models.gpt import GPT
-from crrelu_lightning.models.language import build_gpt, check_data_fits
+from crrelu_lightning.models.gpt import GPT, GPTConfig
+from crrelu_lightning.models.language import as_config, build_gpt, check_data_fits, resolve_init_from, store_gpt
 from crrelu_lightning.models.optim import param_groups
 
 
@@ -49,10 +49,13 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 class DPO(LightningModule):
-    """DPO fine-tuning. The policy comes from ``init_from`` (a GPT-2 folder or a language ``.ckpt``;
-    None builds a fresh GPT of the given shape, useful only for tests).
+    """DPO fine-tuning. The policy comes from ``init_from`` (a GPT-2 folder, a language ``.ckpt`` or a
+    run folder, meaning its ``checkpoints/last.ckpt``; the shape is read from it); without it a fresh GPT
+    of shape ``gpt`` (useful only for tests). ``init_from`` is stored resolved to a file, and must still
+    exist when a DPO checkpoint is reloaded, since the frozen reference is rebuilt from it.
 
     Args:
+        activation: a registry name swapped into the policy (and reference) after loading.
         beta: DPO temperature β.
         optimizer: ``"rmsprop"`` (the reference DPO code's default) or ``"adamw"``.
         warmup_steps: linear warm-up, then constant lr (as in the reference code).
@@ -61,15 +64,9 @@ class DPO(LightningModule):
     def __init__(
         self,
         init_from: Optional[str] = None,
+        gpt: Optional[GPTConfig] = None,
         activation: Optional[str] = None,
         activation_kwargs: Optional[Dict[str, Any]] = None,
-        vocab_size: int = 256,
-        block_size: int = 512,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        dropout: float = 0.0,
-        bias: bool = True,
         beta: float = 0.1,
         optimizer: str = "rmsprop",
         lr: float = 5e-7,
@@ -83,10 +80,12 @@ class DPO(LightningModule):
             raise ValueError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        self.save_hyperparameters()
-        self.policy = build_gpt(init_from, activation, activation_kwargs, vocab_size=vocab_size,
-                                block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                                dropout=dropout, bias=bias)
+        gpt = as_config(gpt)
+        if init_from is not None:  # stored as the file it meant now: a run folder's newest run may change
+            init_from = str(resolve_init_from(init_from).resolve())
+        self.save_hyperparameters(ignore=["gpt"])
+        self.hparams.update(gpt=asdict(gpt) if gpt is not None else None, init_from=init_from)
+        self.policy = build_gpt(gpt, init_from, activation, activation_kwargs)
         self._set_reference(self.policy)
 
     # --- the frozen reference, kept out of the module tree -------------------------------------
@@ -104,7 +103,9 @@ class DPO(LightningModule):
         return ref
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint["hyper_parameters"]["gpt_config"] = asdict(self.policy.config)
+        store_gpt(checkpoint, self.policy, "policy.", self.hparams.init_from)
+        if self.hparams.init_from is not None:  # shape comes from init_from again on reload
+            checkpoint["hyper_parameters"]["gpt"] = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.policy(idx)

@@ -7,51 +7,81 @@ tokens only in SFT). Validation logs ``val/loss`` (nats/token), ``val/ppl`` = ex
 from __future__ import annotations
 
 import math
+import copy
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from crrelu_lightning.models.gpt import GPT, GPTConfig
+from crrelu_lightning.models.gpt import CHECKPOINT_KEY, GPT, GPTConfig, checkpoint_gpt
 from crrelu_lightning.models.optim import param_groups, warmup_cosine_scheduler
 
-DEFAULT_ACTIVATION = "gelu"
+def resolve_init_from(init_from: Union[str, Path]) -> Path:
+    """``init_from`` as a Hugging Face GPT-2 folder or a checkpoint file. A run folder means its
+    ``checkpoints/last.ckpt`` (or ``last.ckpt``); a logger folder holding ``version_N`` runs means the
+    newest version that has one (``lightning_logs/shakespeare_char`` -> its latest run)."""
+    path = Path(init_from)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"init_from={str(init_from)!r} does not exist: give a Hugging Face GPT-2 folder, "
+                                "a .ckpt file, a run folder (its checkpoints/last.ckpt) or a logger folder of runs")
+    if (path / "config.json").is_file():
+        return path
+    for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    versions = sorted((int(d.name[len("version_"):]), d) for d in path.glob("version_*")
+                      if d.name[len("version_"):].isdigit())
+    for _, d in reversed(versions):
+        if (d / "checkpoints" / "last.ckpt").is_file():
+            rank_zero_info(f"init_from={str(init_from)!r}: using the newest run's {d / 'checkpoints' / 'last.ckpt'}")
+            return d / "checkpoints" / "last.ckpt"
+    raise FileNotFoundError(f"init_from={str(init_from)!r} is a folder without config.json, checkpoints/last.ckpt, "
+                            "last.ckpt or version_N/checkpoints/last.ckpt")
 
 
-def build_gpt(
-    init_from: Optional[str],
-    activation: Optional[str],
-    activation_kwargs: Optional[Dict[str, Any]],
-    **shape: Any,
-) -> GPT:
-    """A GPT from scratch (``init_from=None``), a Hugging Face GPT-2 folder, or a Lightning checkpoint
-    of a ``CausalLM``/``DPO`` run. ``activation=None`` keeps the source's activation; a name swaps it
-    in every MLP after loading (the paper's setting)."""
+def load_gpt_checkpoint(path: Path, dropout: Optional[float] = None) -> GPT:
+    """The GPT stored in a ``CausalLM``/``DPO`` checkpoint, shape from ``checkpoint["gpt"]``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    entry = checkpoint_gpt(ckpt, path)
+    cfg = dict(entry["config"])
+    if dropout is not None:
+        cfg["dropout"] = dropout
+    model = GPT(GPTConfig(**cfg))
+    prefix = entry["prefix"]
+    model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return model
+
+
+def build_gpt(gpt: Optional[GPTConfig], init_from: Optional[str], activation: Optional[str] = None,
+              activation_kwargs: Optional[Dict[str, Any]] = None) -> GPT:
+    """A GPT of shape ``gpt`` from scratch (``init_from=None``), or loaded from ``init_from`` (see
+    ``resolve_init_from``), whose shape then comes from the source (``gpt`` must be None).
+    ``activation`` (with ``activation_kwargs``) replaces the activation in every MLP: for a fresh
+    model it overrides ``gpt.activation``; after loading it swaps it (the paper's setting)."""
     kwargs = dict(activation_kwargs or {})
     if init_from is None:
-        return GPT(GPTConfig(activation=activation or DEFAULT_ACTIVATION, activation_kwargs=kwargs, **shape))
-    path = Path(init_from)
-    if path.is_dir():
-        return GPT.from_pretrained(path, activation=activation, activation_kwargs=kwargs, dropout=shape.get("dropout", 0.0))
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from={init_from!r}: expected a GPT-2 folder or a .ckpt file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters", {})
-    if "gpt_config" not in hp and "n_layer" not in hp:
-        raise ValueError(f"{init_from}: not a checkpoint of a crrelu_lightning language module (no GPT hyperparameters)")
-    src = dict(hp.get("gpt_config") or {k: hp[k] for k in GPTConfig.__dataclass_fields__ if k in hp})
-    src["activation"] = src.get("activation") or DEFAULT_ACTIVATION
-    src["dropout"] = shape.get("dropout", src.get("dropout", 0.0))
-    model = GPT(GPTConfig(**src))
-    prefix = "policy." if any(k.startswith("policy.") for k in ckpt["state_dict"]) else "model."
-    sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(sd)
-    if activation is not None and (activation != src["activation"] or kwargs != src.get("activation_kwargs", {})):
+        cfg = copy.deepcopy(gpt) if gpt is not None else GPTConfig()
+        if activation is not None:
+            cfg.activation, cfg.activation_kwargs = activation, kwargs
+        return GPT(cfg)
+    if gpt is not None:
+        raise ValueError(f"give model.gpt (a fresh model's shape) or model.init_from={init_from!r} (whose shape "
+                         "is read from it), not both")
+    path = resolve_init_from(init_from)
+    model = GPT.from_pretrained(path) if path.is_dir() else load_gpt_checkpoint(path)
+    if activation is not None and (activation, kwargs) != (model.config.activation, model.config.activation_kwargs):
         model.set_activation(activation, **kwargs)
     return model
+
+
+def as_config(gpt: Union[GPTConfig, Dict[str, Any], None]) -> Optional[GPTConfig]:
+    """``GPTConfig`` from the CLI (a dataclass) or from stored hyperparameters (a dict)."""
+    return GPTConfig(**gpt) if isinstance(gpt, dict) else gpt
 
 
 def check_data_fits(model: GPT, datamodule: Any) -> None:
@@ -77,31 +107,34 @@ def sequence_targets(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def store_gpt(checkpoint: Dict[str, Any], model: GPT, prefix: str, init_from: Optional[str]) -> None:
+    """The model's actual shape (it may come from ``init_from``) travels with the weights, explicitly."""
+    checkpoint[CHECKPOINT_KEY] = {"config": asdict(model.config), "prefix": prefix, "init_from": init_from}
+    checkpoint["hyper_parameters"]["gpt"] = asdict(model.config)
+
+
 class CausalLM(LightningModule):
-    """GPT pre-training / SFT with AdamW (no decay on ``ndim < 2``, so ε is not decayed) and a per-step
+    """GPT pre-training / SFT with AdamW or RMSprop (no decay on ``ndim < 2``, so ε is not decayed) and a per-step
     warm-up + cosine schedule. Samples from ``sample_prompt`` are logged as TensorBoard text after
     every validation (rank 0).
 
     Args:
-        activation: registry name for the MLP activation (None: gelu from scratch, or keep init_from's).
-        init_from: None, a Hugging Face GPT-2 folder or a ``.ckpt`` of a language run (must still
-            exist when this module is re-loaded from its own checkpoint, since it defines the shape).
+        gpt: shape of a model trained from scratch (``GPTConfig``; its ``activation`` is the MLP's).
+        init_from: None, a Hugging Face GPT-2 folder, a ``.ckpt`` of a language run, or a run folder
+            (its ``checkpoints/last.ckpt``); the shape is read from it. The checkpoints of this module
+            hold the shape and weights, so they reload without ``init_from``.
+        activation: a registry name replacing ``gpt.activation``, or swapped in after loading ``init_from``.
         max_steps: length of the cosine schedule; None -> ``trainer.estimated_stepping_batches``.
         sample_tokenizer: used only to decode samples; None -> the datamodule's tokenizer, else bytes.
     """
 
     def __init__(
         self,
-        vocab_size: int = 256,
-        block_size: int = 256,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        dropout: float = 0.0,
-        bias: bool = True,
+        gpt: Optional[GPTConfig] = None,
+        init_from: Optional[str] = None,
         activation: Optional[str] = None,
         activation_kwargs: Optional[Dict[str, Any]] = None,
-        init_from: Optional[str] = None,
+        optimizer: Literal["adamw", "rmsprop"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         betas: Tuple[float, float] = (0.9, 0.95),
@@ -117,10 +150,12 @@ class CausalLM(LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        self.save_hyperparameters()
-        self.model = build_gpt(init_from, activation, activation_kwargs, vocab_size=vocab_size,
-                               block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                               dropout=dropout, bias=bias)
+        if optimizer not in ("adamw", "rmsprop"):
+            raise ValueError(f"optimizer must be 'adamw' or 'rmsprop', got {optimizer!r}")
+        gpt = as_config(gpt)
+        self.save_hyperparameters(ignore=["gpt"])
+        self.hparams["gpt"] = asdict(gpt) if gpt is not None else None  # a plain dict: weights_only loading
+        self.model = build_gpt(gpt, init_from, activation, activation_kwargs)
         self._val_sum: Optional[torch.Tensor] = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -131,8 +166,9 @@ class CausalLM(LightningModule):
             check_data_fits(self.model, self.trainer.datamodule)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        # The actual shape (which may come from init_from) travels with the weights.
-        checkpoint["hyper_parameters"]["gpt_config"] = asdict(self.model.config)
+        store_gpt(checkpoint, self.model, "model.", self.hparams.init_from)
+        # the checkpoint is self-contained: reloading builds this shape and loads the weights
+        checkpoint["hyper_parameters"].update(init_from=None, activation=None, activation_kwargs=None)
 
     def _loss_sum(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = sequence_targets(batch)
@@ -156,7 +192,7 @@ class CausalLM(LightningModule):
         self._val_sum += torch.stack([loss_sum.double(), n.double()])
 
     def on_validation_epoch_end(self) -> None:
-        # Token-weighted mean over all ranks (every rank calls the reduction, EAFO.md §7).
+        # Token-weighted mean over all ranks (every rank must call the reduction, or DDP hangs).
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         loss = total[0] / total[1].clamp(min=1)
         # BPE: loss per token -> per byte via the validation text's bytes/token; byte-level: 1.
@@ -193,7 +229,11 @@ class CausalLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        groups = param_groups(self.model, hp.weight_decay)
+        if hp.optimizer == "rmsprop":  # the reference DPO code's optimizer, for SFT as for DPO
+            opt = torch.optim.RMSprop(groups, lr=hp.lr)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
         if hp.warmup_steps >= total:
             rank_zero_warn(f"warmup_steps={hp.warmup_steps} >= total steps {total}; the cosine phase never starts")
