@@ -8,6 +8,7 @@ test is the data split and the count reduction, which must then be exact.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -44,15 +45,16 @@ class DumpState(Callback):
     def on_train_end(self, trainer, pl_module):
         mon = next(c for c in trainer.callbacks if isinstance(c, ActivationEntropyMonitor))
         torch.save(
-            {"state": mon.state_dict(), "metrics": trainer.logger.metrics, "world": trainer.world_size},
+            {"state": mon.state_dict(), "counts": mon.last_counts.cpu(), "labels": list(mon._names),
+             "metrics": trainer.logger.metrics, "world": trainer.world_size},
             os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
         )
 
 
 def _monitor():
-    # Histogram due only at step 0: afterwards the accumulator sums every collection (steps 1…end).
-    return ActivationEntropyMonitor(every_n_steps=1, max_samples_per_call=None, lo=-4, hi=4, bins=64,
-                                    log_histograms_every_n_steps=10**6, log_image_every_n_steps=None)
+    # Default estimators (input cells, whole line and branch) plus the fixed-width plug-in.
+    return ActivationEntropyMonitor(every_n_steps=1, max_samples_per_call=None, estimators=["whole_line", "branch", "plugin"],
+                                    lo=-4, hi=4, bins=64, log_histograms_every_n_steps=10**6, log_image_every_n_steps=None)
 
 
 def _run(out_dir, devices, max_epochs, ckpt=None):
@@ -88,26 +90,27 @@ def test_ddp_matches_single_process_and_resumes_once(tmp_path):
     ddp1 = _run(str(tmp_path / "ddp1"), 2, 1)
     assert [d["world"] for d in ddp1] == [2, 2]
 
-    # Same counts and the same logged numbers as the single process; both ranks hold the global sums.
+    # Same counts and the same logged numbers (whole line, branch, input, plug-in) as the single
+    # process; both ranks hold the global sums.
     for rank_dump in ddp1:
-        assert torch.equal(rank_dump["state"]["hist_counts"], single1["state"]["hist_counts"])
-        assert rank_dump["state"]["collections"] == 4
-    assert _entropy_metrics(ddp1[0]) == _entropy_metrics(single1)
-    assert sorted(_entropy_metrics(single1)) == [0, 1, 2, 3]
-    # "side" ran on rank 0 only (rank 1 collected nothing for it, and nobody hung): 7 values × steps 1-3.
-    labels = ddp1[0]["state"]["labels"]
-    side = ddp1[1]["state"]["hist_counts"][labels.index("side")]
-    assert int(side.sum()) == 7 * 3
+        assert torch.equal(rank_dump["counts"], single1["counts"])
+    metrics = _entropy_metrics(single1)
+    assert _entropy_metrics(ddp1[0]) == metrics
+    assert sorted(metrics) == [0, 1, 2, 3]
+    for prefix in ("entropy/", "entropy_branch/", "entropy_input/", "entropy_plugin_d0.125/", "p0/"):
+        assert any(k.startswith(prefix) for k in metrics[3]), prefix
+    assert all(math.isfinite(v) for k, v in metrics[3].items() if k.startswith(("entropy/", "entropy_branch/")))
+    # "side" ran on rank 0 only (rank 1 collected nothing for it, and nobody hung): 7 values at step 3.
+    labels = ddp1[0]["labels"]
+    assert int(ddp1[1]["counts"][labels.index("side")].sum()) == 7
 
-    # Resume both set-ups for a second epoch from their own checkpoints: the restored global counts
-    # are counted once, so DDP still equals the single process and the uninterrupted 2-epoch run.
+    # Resume both set-ups for a second epoch from their own checkpoints: DDP still equals the single
+    # process and the uninterrupted 2-epoch run.
     single2 = _run(str(tmp_path / "single2"), 1, 2)[0]
     resumed = _run(str(tmp_path / "ddp2"), 2, 2, ckpt=str(tmp_path / "ddp1" / "last.ckpt"))
     for rank_dump in resumed:
-        assert rank_dump["state"]["collections"] == 8
-        assert torch.equal(rank_dump["state"]["hist_counts"], single2["state"]["hist_counts"])
+        assert torch.equal(rank_dump["counts"], single2["counts"])
     uninterrupted = _entropy_metrics(single2)
     after = _entropy_metrics(resumed[0])
     assert sorted(after) == [4, 5, 6, 7]
     assert all(after[s] == uninterrupted[s] for s in after)
-    assert int(single2["state"]["hist_counts"][labels.index("side")].sum()) == 7 * 7

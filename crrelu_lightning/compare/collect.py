@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 Scalars = Dict[str, List[Tuple[int, float]]]
 
-# Per-layer groups written by crrelu_lightning.callbacks.ActivationEntropyMonitor (``[val_]entropy/<layer>``, ``p0/``,
+# Per-layer groups written by crrelu_lightning.callbacks.ActivationEntropyMonitor (``[val_]entropy[_branch|_input]/<layer>``, ``p0/``,
 # ``out_of_range/``, ``nonfinite/``) and crrelu_lightning.callbacks.EAFOCallback (``eafo/eps/<layer>``, ``eafo/sigma/`` …):
 # traces of the training state, plotted but kept out of the results table.
 _MONITOR_GROUPS = {"entropy", "entropy_hist", "p0", "out_of_range", "nonfinite", "eafo"}
@@ -55,7 +55,8 @@ def _group(tag: str) -> str:
 
 def is_trace_tag(tag: str) -> bool:
     """Monitor / EAFO / ε / learning-rate / epoch tags: shown in plots, kept out of the results table."""
-    return _group(tag) in _MONITOR_GROUPS or bool(_TRACE.search(tag))
+    group = _group(tag)  # entropy_branch, entropy_input, entropy_plugin_d<Δ>: the monitor's estimators
+    return group in _MONITOR_GROUPS or group.startswith("entropy_") or bool(_TRACE.search(tag))
 
 
 def is_entropy_tag(tag: str, prefix: str = "") -> bool:

@@ -32,7 +32,8 @@ def cell_table() -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     cells are symmetric), ``zero`` the index of 0.
     """
     bits = np.arange(NUM_PATTERNS, dtype=np.uint32) << 16
-    all_values = bits.view(np.float32).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN patterns
+        all_values = bits.view(np.float32).astype(np.float64)
     finite = np.isfinite(all_values)
     values = np.unique(all_values[finite])  # sorted; −0 == +0 collapse
     position = np.full(NUM_PATTERNS, -1, dtype=np.int64)

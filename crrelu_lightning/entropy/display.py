@@ -1,4 +1,4 @@
-"""Turn histogram count rows into TensorBoard raw histograms and a per-layer density picture.
+"""Turn histogram counts into TensorBoard raw histograms and per-layer density pictures.
 
 Pure numpy/matplotlib (Agg canvas, no pyplot), so it runs headless and in any process.
 """
@@ -109,3 +109,135 @@ def figure_to_rgb(fig) -> np.ndarray:
 def layer_labels(names: Sequence[str], record_inputs: bool) -> List[str]:
     """Row labels of the monitor's count tensor: outputs first, then ``<name>.input`` rows."""
     return list(names) + ([f"{n}.input" for n in names] if record_inputs else [])
+
+
+# ------------------------------------------------------------------ cell histograms (the default estimators)
+def _input_bins(cell_row: np.ndarray, bin_width: float):
+    from crrelu_lightning.entropy.cells import sorted_cell_counts
+    from crrelu_lightning.entropy.pushforward import merge_cells
+
+    counts_sorted, _ = sorted_cell_counts(cell_row)
+    edges, counts, atom = merge_cells(counts_sorted, bin_width)
+    return edges, counts, atom, float(counts_sorted.sum())
+
+
+def raw_histogram_from_cells(cell_row: np.ndarray, bin_width: float, max_buckets: int = 200) -> Optional[Dict]:
+    """``SummaryWriter.add_histogram_raw`` arguments for one row of input cell counts, in bins of width Δ.
+
+    Exact zeros are put back into the bin holding 0; empty tails trimmed, merged to ≤ ``max_buckets``.
+    """
+    if not (bin_width > 0 and math.isfinite(bin_width)):
+        return None
+    edges, counts, atom, total = _input_bins(cell_row, bin_width)
+    if total <= 0:
+        return None
+    counts = counts.copy()
+    k = int(np.clip(np.searchsorted(edges, 0.0, side="right") - 1, 0, counts.size - 1))
+    counts[k] += atom
+    span = _occupied_span(counts)
+    if span is None:
+        return None
+    a, b = span
+    group = max(1, math.ceil((b - a) / max_buckets))
+    idx = np.arange(a, b, group)
+    bucket_counts = np.add.reduceat(counts[a:b], idx - a)
+    right = edges[np.minimum(idx + group, b)]
+    centres = (edges[idx] + right) / 2
+    return dict(min=float(edges[a]), max=float(right[-1]), num=float(bucket_counts.sum()),
+                sum=float((bucket_counts * centres).sum()), sum_squares=float((bucket_counts * centres**2).sum()),
+                bucket_limits=right.tolist(), bucket_counts=bucket_counts.tolist())
+
+
+def _view_range(edges: np.ndarray, counts: np.ndarray, q: float = 1e-3):
+    cum = np.cumsum(counts) / counts.sum()
+    i0 = int(np.searchsorted(cum, q))
+    i1 = int(np.searchsorted(cum, 1 - q))
+    lo, hi = edges[i0], edges[min(i1 + 1, edges.size - 1)]
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def layer_figure(cell_rows: np.ndarray, names: Sequence[str], fns: Sequence, stats: Sequence[Dict], title: str = "",
+                 log_density: bool = False):
+    """Per layer, input density (left, branch B shaded) and output density of y = f(x) (right), on a near-square grid.
+
+    ``fns[i]`` is the layer's elementwise f on float64 arrays (None: the row holds outputs, one panel
+    is drawn); ``stats[i]`` the layer's ``entropies_from_cells`` result. Atoms are drawn as bars on a
+    right-hand axis labelled with their probability.
+    """
+    from matplotlib.figure import Figure
+
+    from crrelu_lightning.entropy.pushforward import _pieces, pushforward_density
+
+    k = max(1, len(names))
+    layer_cols = max(1, round(math.sqrt(k / 2)))
+    rows = math.ceil(k / layer_cols)
+    fig = Figure(figsize=(3.3 * 2 * layer_cols, 2.6 * rows), dpi=100, layout="constrained")
+    if title:
+        fig.suptitle(title)
+    for i, name in enumerate(names):
+        s = stats[i]
+        ax_in = fig.add_subplot(rows, 2 * layer_cols, 2 * i + 1)
+        ax_out = fig.add_subplot(rows, 2 * layer_cols, 2 * i + 2)
+        width = s.get("bin_width", math.nan)
+        if not (isinstance(width, float) and width > 0 and math.isfinite(width)):
+            ax_in.set_title(f"{name}: no finite values", fontsize=8)
+            ax_out.axis("off")
+            continue
+        edges, counts, atom, total = _input_bins(cell_rows[i], width)
+        occ = np.flatnonzero(counts > 0)
+        if occ.size == 0:
+            ax_in.set_title(f"{name}: only exact zeros", fontsize=8)
+            ax_out.axis("off")
+            continue
+        a, b = int(occ[0]), int(occ[-1]) + 1
+        dens = counts[a:b] / (total * np.diff(edges[a : b + 1]))
+        lo, hi = _view_range(edges[a : b + 1], counts[a:b])
+        ax_in.stairs(dens, edges[a : b + 1], fill=True, alpha=0.6, color="C0")
+        ax_in.set_xlim(lo, hi)
+        f = fns[i]
+        side = "input x" if f is not None else "output y (not elementwise)"
+        ax_in.set_xlabel(side, fontsize=7)
+        ax_in.set_ylabel("density", fontsize=7)
+        ax_in.set_title(f"{name}\ninput H={s['input']:.3f} nats, Δ={width:g}", fontsize=7)
+        bstart = s.get("branch_start", math.nan)
+        if f is not None and math.isfinite(bstart):
+            ax_in.axvspan(max(bstart, lo), hi, color="C2", alpha=0.12, label="branch B")
+            ax_in.axvline(bstart, color="C2", lw=1, ls="--")
+            ax_in.legend(fontsize=6, loc="upper left")
+        if log_density:
+            ax_in.set_yscale("log")
+        ax_in.tick_params(labelsize=6)
+        if f is None:
+            ax_out.axis("off")
+            continue
+        E, pd, _ = _pieces(edges, counts, total, 32, bstart if math.isfinite(bstart) else None)
+        P = pd * np.diff(E)
+        F = np.asarray(f(E), dtype=np.float64)
+        av, am, br, dy = pushforward_density(F, P)
+        f0 = float(np.asarray(f(np.zeros(1)))[0])
+        if atom > 0:
+            av, am = np.append(av, f0), np.append(am, atom / total)
+        inside = (E[:-1] >= lo) & (E[1:] <= hi)
+        ylo, yhi = float(np.min(F[:-1][inside])), float(np.max(F[1:][inside]))
+        ypad = 0.05 * (yhi - ylo or 1.0)
+        if dy.size:
+            ax_out.stairs(dy, br, fill=True, alpha=0.6, color="C1")
+        if math.isfinite(bstart):
+            fb = F[E >= bstart]
+            ax_out.axvspan(float(fb.min()), yhi + ypad, color="C2", alpha=0.12, label="f(B)")
+            ax_out.legend(fontsize=6, loc="upper right")
+        ax_out.set_xlim(ylo - ypad, yhi + ypad)
+        if log_density:
+            ax_out.set_yscale("log")
+        if am.size and am.sum() > 0:
+            ax2 = ax_out.twinx()
+            ax2.bar(av, am, width=0.02 * (yhi - ylo + 2 * ypad), color="C3")
+            ax2.set_ylim(0, 1)
+            ax2.set_ylabel("atom probability", color="C3", fontsize=6)
+            ax2.tick_params(labelsize=6)
+        ax_out.set_xlabel("output y = f(x)", fontsize=7)
+        ax_out.set_ylabel("density", fontsize=7)
+        ax_out.set_title(f"H={s['whole_line']:.3f}, H_B={s['branch']:.3f}, p0={s['p0']:.2f}", fontsize=7)
+        ax_out.tick_params(labelsize=6)
+    return fig
