@@ -59,6 +59,8 @@ class DPO(LightningModule):
         beta: DPO temperature β.
         optimizer: ``"rmsprop"`` (the reference DPO code's default) or ``"adamw"``.
         warmup_steps: linear warm-up, then constant lr (as in the reference code).
+        compile: ``torch.compile`` the policy in place (``nn.Module.compile``: checkpoints unchanged); the
+            frozen reference and the loss stay eager.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class DPO(LightningModule):
         lr: float = 5e-7,
         weight_decay: float = 0.0,
         warmup_steps: int = 150,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if beta <= 0:
@@ -87,6 +90,8 @@ class DPO(LightningModule):
         self.hparams.update(gpt=asdict(gpt) if gpt is not None else None, init_from=init_from)
         self.policy = build_gpt(gpt, init_from, activation, activation_kwargs)
         self._set_reference(self.policy)
+        if compile:
+            self.policy.compile()  # after the reference copy, which stays eager
 
     # --- the frozen reference, kept out of the module tree -------------------------------------
     def _set_reference(self, policy: GPT) -> None:

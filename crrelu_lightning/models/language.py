@@ -126,6 +126,8 @@ class CausalLM(LightningModule):
         activation: a registry name replacing ``gpt.activation``, or swapped in after loading ``init_from``.
         max_steps: length of the cosine schedule; None -> ``trainer.estimated_stepping_batches``.
         sample_tokenizer: used only to decode samples; None -> the datamodule's tokenizer, else bytes.
+        compile: ``torch.compile`` the GPT in place (``nn.Module.compile``: checkpoints unchanged); the loss
+            and metrics stay eager.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class CausalLM(LightningModule):
         sample_temperature: float = 0.8,
         sample_top_k: Optional[int] = None,
         sample_tokenizer: Optional[str] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -156,6 +159,8 @@ class CausalLM(LightningModule):
         self.save_hyperparameters(ignore=["gpt"])
         self.hparams["gpt"] = asdict(gpt) if gpt is not None else None  # a plain dict: weights_only loading
         self.model = build_gpt(gpt, init_from, activation, activation_kwargs)
+        if compile:
+            self.model.compile()
         self._val_sum: Optional[torch.Tensor] = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

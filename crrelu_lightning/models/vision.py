@@ -68,6 +68,8 @@ class ImageClassifier(LightningModule):
             (epochs are converted with the trainer's steps per epoch; the larger of the two wins).
         weight_decay, betas: AdamW settings (decay only on matrices).
         label_smoothing: cross-entropy smoothing. mixup_alpha / cutmix_alpha: > 0 enables timm ``Mixup``.
+        compile: ``torch.compile`` the timm network in place (``nn.Module.compile``: parameter names and
+            checkpoints unchanged); losses and torchmetrics stay eager. CR activations compile without graph breaks.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class ImageClassifier(LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mixup_prob: float = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         model_kwargs = dict(model_kwargs or {})
@@ -113,6 +116,8 @@ class ImageClassifier(LightningModule):
         self.num_mlp_activations = replace_mlp_activations(self.model, act_factory)
         if self.num_mlp_activations == 0:
             raise ValueError(f"timm model {model_name!r} has no MLP blocks (fc1/act/fc2) whose activation could be set")
+        if compile:
+            self.model.compile()
 
         self.num_classes = int(self.model.num_classes)
         self.mixup = None
