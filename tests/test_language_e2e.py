@@ -195,3 +195,11 @@ def test_sft_then_dpo_from_run_folder_then_export(tmp_path, monkeypatch, fmt):
         torch.testing.assert_close(again(idx), policy(idx), rtol=0, atol=0)
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(["export", "--ckpt_path", str(dpo_ckpt_path), "--out", "export"])
+
+    # an SFT checkpoint is self-contained: it reloads with its stored shape after the GPT-2 folder is gone
+    (tmp_path / "models" / "gpt2").rename(tmp_path / "models" / "moved")
+    from crrelu_lightning.models.language import CausalLM
+
+    sft = CausalLM.load_from_checkpoint(sft_run / "checkpoints" / "last.ckpt", weights_only=True)
+    for k, v in sft.state_dict().items():
+        assert torch.equal(v, sft_ckpt["state_dict"][k]), k

@@ -62,18 +62,20 @@ def build_gpt(gpt: Optional[GPTConfig], init_from: Optional[str], activation: Op
     """A GPT of shape ``gpt`` from scratch (``init_from=None``), or loaded from ``init_from`` (see
     ``resolve_init_from``), whose shape then comes from the source (``gpt`` must be None).
     ``activation`` (with ``activation_kwargs``) replaces the activation in every MLP: for a fresh
-    model it overrides ``gpt.activation``; after loading it swaps it (the paper's setting)."""
+    model it overrides ``gpt.activation``; after loading it swaps it (the paper's setting). Only
+    ``activation_kwargs``: the same activation, rebuilt with these arguments."""
     kwargs = dict(activation_kwargs or {})
     if init_from is None:
         cfg = copy.deepcopy(gpt) if gpt is not None else GPTConfig()
-        if activation is not None:
-            cfg.activation, cfg.activation_kwargs = activation, kwargs
+        if activation is not None or kwargs:  # kwargs alone: the same activation with these arguments
+            cfg.activation, cfg.activation_kwargs = activation or cfg.activation, kwargs
         return GPT(cfg)
     if gpt is not None:
         raise ValueError(f"give model.gpt (a fresh model's shape) or model.init_from={init_from!r} (whose shape "
                          "is read from it), not both")
     path = resolve_init_from(init_from)
     model = GPT.from_pretrained(path) if path.is_dir() else load_gpt_checkpoint(path)
+    activation = activation or (model.config.activation if kwargs else None)
     if activation is not None and (activation, kwargs) != (model.config.activation, model.config.activation_kwargs):
         model.set_activation(activation, **kwargs)
     return model
