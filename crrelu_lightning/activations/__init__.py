@@ -11,6 +11,7 @@ from crrelu_lightning.activations import standard  # noqa: F401  (registers buil
 from crrelu_lightning.activations.standard import StarReLU
 from crrelu_lightning.activations.cr import CRActivation, CRGELU, CRMish, CRReLU, CRSiLU
 from crrelu_lightning.activations.wafbc import WAFBC
+from crrelu_lightning.activations.eafo_activation import EAFOActivation, EAFOGELU, EAFOMish, EAFOReLU, EAFOSiLU
 
 __all__ = [
     "register_activation",
@@ -26,4 +27,9 @@ __all__ = [
     "CRMish",
     "StarReLU",
     "WAFBC",
+    "EAFOActivation",
+    "EAFOReLU",
+    "EAFOGELU",
+    "EAFOSiLU",
+    "EAFOMish",
 ]

@@ -176,4 +176,4 @@ def build_activation(name_or_class: Union[str, Type[nn.Module]], **kwargs: Any) 
 def _ensure_builtins() -> None:
     # Built-ins register on import of the package; importing here keeps the registry
     # complete even if only this module was imported.
-    from crrelu_lightning.activations import standard, cr, wafbc  # noqa: F401
+    from crrelu_lightning.activations import standard, cr, wafbc, eafo_activation  # noqa: F401

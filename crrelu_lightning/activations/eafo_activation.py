@@ -1,0 +1,339 @@
+"""EAFO-corrected activations for any base: f(x) + ε·ĥ(x) with ĥ the derived correction (docs/eafo_general.md).
+
+ĥ = (w·c)/s is ``crrelu_lightning.entropy.derive``'s correction, normalised so that f_ε is strictly increasing
+on the branch for every ε in (−1, 1) (s = sup |h'/f'|). ε > 0 lowers the branch entropy. For ReLU on N(0, 1)
+ĥ(x) = −x·exp(−x²/2): ``eafo_relu`` with ε is CRReLU with −ε.
+
+The table (ĥ and ĥ' on a uniform grid) is interpolated by cubic Hermite pieces, which are C¹. The fused
+forward and backward bodies keep only x for backward and reduce dε inside the backward body:
+
+    forward:   y  = f(x) + ε·ĥ(x)
+    backward:  dx = dy·(f'(x) + ε·ĥ'(x)),   dε = Σ dy·ĥ(x)
+
+For relu/gelu/silu/mish, f and f' are the closed forms in ``cr_math``; any other registered base is applied by
+its module and differentiated by autograd (slower, eager). Under an outer ``torch.compile`` the bodies are
+traced into the caller's graph (no graph break, fused with the neighbours); in eager mode they run through
+their own ``torch.compile`` (``impl="compiled"``) or as plain torch ops (``impl="eager"``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from crrelu_lightning.activations import cr_math
+from crrelu_lightning.activations.registry import register_activation
+
+IMPLS = ("auto", "compiled", "eager", "reference")
+_HALF = (torch.float16, torch.bfloat16)
+_INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+
+
+# --------------------------------------------------------------------------- table → cubic pieces
+def hermite_coefficients(h: torch.Tensor, dh: torch.Tensor, dx: float) -> torch.Tensor:
+    """[4, n] coefficients a0..a3 of h(x_k + s·Δ) = a0 + a1 s + a2 s² + a3 s³ per interval (C¹ Hermite)."""
+    v0, v1 = h[:-1], h[1:]
+    m0, m1 = dh[:-1] * dx, dh[1:] * dx
+    return torch.stack([v0, m0, 3.0 * (v1 - v0) - 2.0 * m0 - m1, 2.0 * (v0 - v1) + m0 + m1])
+
+
+def _locate(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor):
+    """Interval coefficients and local coordinate s of every x; ``inside`` is False off the table (ĥ = 0)."""
+    n = coef.shape[1]
+    t = (x - grid[0]) * grid[1]
+    inside = (t >= 0.0) & (t <= n)
+    t = torch.where(t > 0.0, t, 0.0)  # NaN lands here too: comparisons with NaN are False
+    k = torch.floor(t)
+    k = torch.where(k < n - 1, k, n - 1)
+    s = t - k
+    idx = k.to(torch.int32)
+    # The index is clamped into [0, n − 1] above: the unchecked gather saves a bounds check per load.
+    a = [torch.ops.aten._unsafe_index(coef[j], [idx]) for j in range(4)]
+    return a, s, inside
+
+
+def _interp(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    (a0, a1, a2, a3), s, inside = _locate(x, coef, grid)
+    return torch.where(inside, ((a3 * s + a2) * s + a1) * s + a0, 0.0)
+
+
+def _interp_with_slope(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor):
+    (a0, a1, a2, a3), s, inside = _locate(x, coef, grid)
+    h = torch.where(inside, ((a3 * s + a2) * s + a1) * s + a0, 0.0)
+    dh = torch.where(inside, ((3.0 * a3 * s + 2.0 * a2) * s + a1) * grid[1], 0.0)
+    return h, dh
+
+
+def _compute_dtype(x_dtype: torch.dtype, eps_dtype: torch.dtype) -> torch.dtype:
+    xd = torch.float32 if x_dtype in _HALF else x_dtype
+    return torch.promote_types(xd, torch.float32 if eps_dtype in _HALF else eps_dtype)
+
+
+# --------------------------------------------------------------------------- bodies (closed-form bases)
+def eafo_fwd(x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, base: str) -> torch.Tensor:
+    cd = _compute_dtype(x.dtype, eps.dtype)
+    xf = x.to(cd)
+    y = cr_math.base_forward(base, xf) + eps.to(cd) * _interp(xf, coef.to(cd), grid.to(cd))
+    return y.to(x.dtype)
+
+
+def eafo_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, base: str):
+    cd = _compute_dtype(x.dtype, eps.dtype)
+    xf, dyf = x.to(cd), dy.to(cd)
+    h, dh = _interp_with_slope(xf, coef.to(cd), grid.to(cd))
+    dx = cr_math.base_backward(base, xf, dyf) + eps.to(cd) * (dyf * dh)
+    deps = (dyf * h).sum()  # dL/dε in the same pass as dx
+    return dx.to(x.dtype), deps
+
+
+_compiled: Dict[Tuple[str, str], Tuple[Callable, Callable]] = {}
+_compile_failed: Dict[str, bool] = {}
+
+
+def _bodies(base: str, device_type: str, compiled: bool) -> Tuple[Callable, Callable]:
+    def fwd(x, eps, coef, grid):
+        return eafo_fwd(x, eps, coef, grid, base)
+
+    def bwd(x, dy, eps, coef, grid):
+        return eafo_bwd(x, dy, eps, coef, grid, base)
+
+    if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
+        return fwd, bwd  # traced into an outer graph, or eager
+    key = (base, device_type)
+    if key not in _compiled:
+        _compiled[key] = (
+            torch.compile(fwd, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS),
+            torch.compile(bwd, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS),
+        )
+    return _compiled[key]
+
+
+def _run(which: int, args, base: str, compiled: bool):
+    device_type = args[0].device.type
+    bodies = _bodies(base, device_type, compiled)
+    try:
+        return bodies[which](*args)
+    except Exception as err:  # Inductor compiles lazily; a missing compiler shows up here
+        if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
+            raise
+        _compile_failed[device_type] = True
+        warnings.warn(
+            f"EAFO activation: torch.compile failed on {device_type} ({type(err).__name__}: {err}); "
+            "using the eager bodies (same results, slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _bodies(base, device_type, False)[which](*args)
+
+
+class EAFOFunction(torch.autograd.Function):
+    """y = f(x) + ε·ĥ(x) for a closed-form base; saves x (and the one-element ε, the small table)."""
+
+    @staticmethod
+    def forward(ctx, x, eps, coef, grid, base: str, compiled: bool):
+        ctx.save_for_backward(x, eps, coef, grid)
+        ctx.base, ctx.compiled = base, compiled
+        return _run(0, (x, eps.detach(), coef, grid), base, compiled)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, eps, coef, grid = ctx.saved_tensors
+        dx, deps = _run(1, (x, dy, eps.detach(), coef, grid), ctx.base, ctx.compiled)
+        dx = dx if ctx.needs_input_grad[0] else None
+        deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
+        return dx, deps, None, None, None, None
+
+
+class _GenericEAFOFunction(torch.autograd.Function):
+    """Any registered base: f and f' from its module by autograd (recomputed in backward), the table as above."""
+
+    @staticmethod
+    def forward(ctx, x, eps, coef, grid, module: nn.Module):
+        ctx.save_for_backward(x, eps, coef, grid)
+        ctx.module = module
+        cd = _compute_dtype(x.dtype, eps.dtype)
+        xf = x.to(cd)
+        return (module(xf) + eps.detach().to(cd) * _interp(xf, coef.to(cd), grid.to(cd))).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, eps, coef, grid = ctx.saved_tensors
+        cd = _compute_dtype(x.dtype, eps.dtype)
+        xf, dyf = x.detach().to(cd), dy.to(cd)
+        with torch.enable_grad():
+            xr = xf.clone().requires_grad_(True)
+            (dbase,) = torch.autograd.grad(ctx.module(xr), xr, dyf)
+        h, dh = _interp_with_slope(xf, coef.to(cd), grid.to(cd))
+        dx = (dbase + eps.detach().to(cd) * dyf * dh).to(x.dtype) if ctx.needs_input_grad[0] else None
+        deps = (dyf * h).sum().to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
+        return dx, deps, None, None, None
+
+
+# --------------------------------------------------------------------------- the module
+class EAFOActivation(nn.Module):
+    """f(x) + ε·ĥ(x): the EAFO correction of ``base`` derived for N(mu, sigma²) inputs, one learnable ε.
+
+    Args:
+        base: any registered elementwise activation name (class default for the ``eafo_*`` subclasses).
+        eps_init: initial ε in normalised units: (−1, 1) is always monotone on the branch, ε > 0 lowers the
+            branch entropy. The default 0.5 is half-way to the monotone bound (GELU on N(0, 1): ΔH_B = −0.125).
+        mu, sigma: the input distribution the static table is derived for.
+        taper_width, taper, grid_size: passed to ``derive_correction`` (taper width in units of sigma).
+        learnable: whether ε is trained.
+        impl: ``"auto"`` (compiled where possible), ``"compiled"``, ``"eager"`` or ``"reference"`` (the plain
+            expression, differentiated by autograd).
+        inplace: accepted for timm compatibility and ignored.
+
+    State: ``eps`` (parameter), and the buffers ``table`` ([2, n + 1]: ĥ and ĥ' on the grid), ``grid``
+    ([lo, hi]) and ``eps_interval`` (the normalised monotone interval), all in ``state_dict``. ``set_table``
+    swaps in a new derivation (the dynamic mode, ``EAFODeriveCallback``).
+    """
+
+    base: str = "gelu"
+
+    def __init__(
+        self,
+        base: Optional[str] = None,
+        eps_init: float = 0.5,
+        mu: float = 0.0,
+        sigma: float = 1.0,
+        taper_width: float = 1.0,
+        taper: str = "auto",
+        grid_size: int = 1024,
+        learnable: bool = True,
+        impl: str = "auto",
+        inplace: bool = False,
+    ) -> None:
+        super().__init__()
+        from crrelu_lightning.entropy import derive
+
+        if base is not None:
+            self.base = str(base).strip().lower()
+        eps_init = float(eps_init)
+        if not math.isfinite(eps_init):
+            raise ValueError(f"eps_init must be finite, got {eps_init!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
+        self.taper_width, self.taper, self.grid_size = float(taper_width), taper, int(grid_size)
+        self._generic: Optional[nn.Module] = None
+        if self.base not in cr_math.CR_BASES:
+            from crrelu_lightning.activations import build_activation
+
+            self._generic = build_activation(self.base)  # raises listing the registered names on a miss
+        x, h, dh, interval = derive.normal_table(self.base, float(mu), float(sigma), self.taper_width, taper, self.grid_size)
+        self.eps = nn.Parameter(torch.tensor(eps_init, dtype=torch.float32), requires_grad=learnable)
+        self.register_buffer("table", torch.zeros(2, self.grid_size + 1))
+        self.register_buffer("grid", torch.zeros(2))
+        self.register_buffer("eps_interval", torch.zeros(2))
+        self.register_buffer("_coef", torch.zeros(4, self.grid_size), persistent=False)
+        self.register_buffer("_grid", torch.zeros(2), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+        self.set_table(x, h, dh, interval)
+        self.input_description = f"N({mu:g}, {sigma:g}^2)"
+
+    # ------------------------------------------------------------------ the table
+    @torch.no_grad()
+    def set_table(
+        self,
+        x: Union[np.ndarray, torch.Tensor],
+        h: Union[np.ndarray, torch.Tensor],
+        dh: Union[np.ndarray, torch.Tensor],
+        eps_interval: Tuple[float, float],
+    ) -> None:
+        """Replace the correction by ĥ, ĥ' on the uniform grid ``x`` (same number of nodes), in place."""
+        x = torch.tensor(np.asarray(x, dtype=np.float64))
+        if x.numel() != self.grid_size + 1:
+            raise ValueError(f"table needs {self.grid_size + 1} grid nodes (grid_size={self.grid_size}), got {x.numel()}")
+        self.table.copy_(torch.tensor(np.stack([np.asarray(h, dtype=np.float64), np.asarray(dh, dtype=np.float64)])))
+        self.grid.copy_(torch.stack([x[0], x[-1]]))
+        self.eps_interval.copy_(torch.tensor([float(v) for v in eps_interval], dtype=torch.float64))
+        self._refresh()
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        lo, hi = self.grid.double()
+        dx = float(hi - lo) / self.grid_size
+        if not dx > 0:
+            return  # an all-zero grid before the first set_table
+        t = self.table.double()
+        self._coef.copy_(hermite_coefficients(t[0], t[1], dx))
+        self._grid.copy_(torch.stack([lo, torch.tensor(1.0 / dx, dtype=torch.float64)]))
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """ĥ(x), the interpolated table."""
+        return _interp(x, self._coef.to(x.dtype), self._grid.to(x.dtype))
+
+    # ------------------------------------------------------------------ forward
+    def _resolve(self, device: torch.device) -> str:
+        if self.impl != "auto":
+            return self.impl
+        if _compile_failed.get(device.type) or cr_math_disable_compile():
+            return "eager"
+        return "compiled"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        impl = self._resolve(x.device)
+        if impl == "reference" or (self._generic is not None and torch.compiler.is_compiling()):
+            return self.reference(x)
+        if self._generic is not None:
+            return _GenericEAFOFunction.apply(x, self.eps, self._coef, self._grid, self._generic)
+        return EAFOFunction.apply(x, self.eps, self._coef, self._grid, self.base, impl == "compiled")
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain expression f(x) + ε·ĥ(x), differentiated by autograd (tests compare against it)."""
+        cd = _compute_dtype(x.dtype, self.eps.dtype)
+        xf = x.to(cd)
+        base = self._generic(xf) if self._generic is not None else cr_math.base_forward(self.base, xf)
+        return (base + self.eps.to(cd) * _interp(xf, self._coef.to(cd), self._grid.to(cd))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"base={self.base}, eps={self.eps.item():.4g}, table={self.input_description}, impl={self.impl}"
+
+
+def _refresh_after_load(module: "EAFOActivation", incompatible_keys) -> None:
+    module._refresh()  # the interval coefficients derive from the loaded table and grid
+
+
+def cr_math_disable_compile() -> bool:
+    """The CR family's switch (``CRRELU_DISABLE_COMPILE=1``) applies here too."""
+    import os
+
+    return os.environ.get("CRRELU_DISABLE_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@register_activation("eafo")
+class EAFOGeneric(EAFOActivation):
+    """``EAFOActivation`` by name; choose the base with ``activation_kwargs: {base: ...}`` (default gelu)."""
+
+
+@register_activation("eafo_relu")
+class EAFOReLU(EAFOActivation):
+    """ReLU + ε·ĥ; on N(0, 1), ĥ(x) = −x·exp(−x²/2), so this is CRReLU with −ε."""
+
+    base = "relu"
+
+
+@register_activation("eafo_gelu")
+class EAFOGELU(EAFOActivation):
+    """GELU + ε·ĥ, tapered at GELU's minimum."""
+
+    base = "gelu"
+
+
+@register_activation("eafo_silu", "eafo_swish")
+class EAFOSiLU(EAFOActivation):
+    """SiLU + ε·ĥ, tapered at SiLU's minimum."""
+
+    base = "silu"
+
+
+@register_activation("eafo_mish")
+class EAFOMish(EAFOActivation):
+    """Mish + ε·ĥ, tapered at Mish's minimum."""
+
+    base = "mish"
