@@ -160,7 +160,7 @@ def test_any_registered_base_and_bad_inputs():
     d = derive_correction("softplus", NormalInput(0.0, 1.0))  # whole-line branch, no taper
     assert d.branch == (-math.inf, math.inf) and d.tapered_ends == ()
     assert d.d_entropy_d_eps(0.0) == pytest.approx(d.integration_by_parts(), abs=1e-9) and d.d_entropy_d_eps(0.0) < 0
-    with pytest.raises(KeyError, match="Registered activations"):
+    with pytest.raises(KeyError, match="Registered: .*eafo_gelu"):
         derive_correction("no_such_activation", NormalInput())
     with pytest.raises(ValueError, match="no increasing branch"):
         derive_correction(lambda x: -x, NormalInput())
