@@ -40,9 +40,56 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     class CRReLUCLI(LightningCLI):
-        """LightningCLI with the project's defaults (TensorBoard logger, config saved with the run)."""
+        """LightningCLI with the project's defaults (TensorBoard logger, config saved with the run), atomic
+        checkpoint writes for every run, and resumed fits that continue in their checkpoint's run folder
+        (docs/reliability.md)."""
 
-        pass
+        _resume_from = None
+
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads the checkpoint's hyperparameters here, first of all: resolve `last`, pin the
+            # run folder and check the file now, so a damaged file gets our error, not a bare EOFError.
+            from crrelu_lightning.checkpointing import load_checkpoint_file
+            from crrelu_lightning.run_folders import pin_resumed_version
+
+            sub = self.config.get("subcommand")
+            if sub == "fit":
+                self._resume_from = pin_resumed_version(self.config["fit"])
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+                load_checkpoint_file(ckpt_path, mmap=True)
+            super()._parse_ckpt_path()
+
+        def instantiate_trainer(self, **kwargs):
+            from crrelu_lightning.checkpointing import install_atomic_io
+
+            trainer = super().instantiate_trainer(**kwargs)
+            install_atomic_io(trainer)
+            return trainer
+
+        def before_fit(self) -> None:
+            if self._resume_from is not None:
+                from crrelu_lightning.checkpointing import load_checkpoint_file
+                from crrelu_lightning.run_folders import purge_tensorboard_after
+
+                step = load_checkpoint_file(self._resume_from, mmap=True).get("global_step", 0)
+                purge_tensorboard_after(self.trainer.logger, step)
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            if subcommand != "fit":
+                return super()._run_subcommand(subcommand)
+            import os
+
+            from crrelu_lightning.run_folders import remove_failed_empty_run
+
+            log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
+            existed = bool(log_dir) and os.path.isdir(log_dir)
+            try:
+                super()._run_subcommand(subcommand)
+            except BaseException:
+                if self.trainer.global_step == 0 and self.trainer.is_global_zero:
+                    remove_failed_empty_run(log_dir, existed)
+                raise
 
     return CRReLUCLI
 

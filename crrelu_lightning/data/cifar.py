@@ -3,11 +3,11 @@
 ``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (keys ``data`` N×3072, ``labels``) and
 ``ROOT/cifar-100-python/{train, test}`` (keys ``data``, ``fine_labels``). Rows are channel-major
 (1024 R, 1024 G, 1024 B), so ``data.reshape(N, 3, 32, 32)`` is already NCHW.
-Downloads (through torchvision) only when ``download=True``.
+Downloads (through torchvision) only when ``download=True``. The pickles are read with a restricted
+unpickler (``data/safe_pickle.py``): a crafted file cannot run code.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import List, Tuple
 
@@ -16,20 +16,44 @@ import torch
 from torch.utils.data import Dataset
 
 from crrelu_lightning.data.base import VisionDataModule
+from crrelu_lightning.data.errors import CorruptDataError
+from crrelu_lightning.data.safe_pickle import UnsafePickleError, load_restricted
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
+REFETCH_HINT = (
+    "Re-fetch it: delete the file and run `crrelu-lightning fit ... --data.download true` where the network "
+    "allows (torchvision checks every batch's md5 and downloads again), or copy the official file back."
+)
+
+
+def _read_batch(f: Path, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
+    try:
+        d = load_restricted(f)  # written by Python 2: keys are bytes
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # truncated (EOFError), garbage (UnpicklingError), ...
+        raise CorruptDataError(f"{f} is damaged: not a complete CIFAR batch ({type(e).__name__}: {e}). {REFETCH_HINT}") from e
+    if not isinstance(d, dict):
+        raise CorruptDataError(f"{f} is damaged: holds a {type(d).__name__}, not a CIFAR batch dict. {REFETCH_HINT}")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or label_key not in d:
+        raise CorruptDataError(f"{f} is damaged: keys {sorted(d)} lack 'data' / {label_key!r}. {REFETCH_HINT}")
+    data = np.asarray(d["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise CorruptDataError(
+            f"{f} is damaged: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072). {REFETCH_HINT}")
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if labels.shape != (len(data),):
+        raise CorruptDataError(f"{f} is damaged: {len(data)} images but {labels.shape} labels. {REFETCH_HINT}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def read_cifar_batches(files: List[Path], label_key: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """Concatenate official CIFAR pickle batches into ``(N, 3, 32, 32)`` uint8 and int64 labels."""
-    xs, ys = [], []
-    for f in files:
-        with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")  # written by Python 2: keys are bytes
-        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    xs, ys = zip(*(_read_batch(f, label_key) for f in files))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 

@@ -67,6 +67,21 @@ def _locate_fashion_mnist_gz() -> Path:
     return tmp / "x" / str(FASHION_MNIST_SYSTEM_DIR).lstrip("/")
 
 
+def _valid_idx(path: Path) -> bool:
+    """True if ``path`` is a complete IDX file; a damaged one is reported and re-fetched."""
+    from crrelu_lightning.data.errors import CorruptDataError
+    from crrelu_lightning.data.idx import read_idx
+
+    if not path.exists():
+        return False
+    try:
+        read_idx(path)
+    except CorruptDataError as e:
+        print(f"{e} -- fetching it again")
+        return False
+    return True
+
+
 @register_fetcher("fashion-mnist", "Fashion-MNIST 60k/10k 28x28 (Debian dataset-fashion-mnist) -> ROOT/FashionMNIST/raw")
 def fetch_fashion_mnist(root: Path) -> Path:
     """Fashion-MNIST via apt; writes the uncompressed IDX files torchvision expects in ``root/FashionMNIST/raw``.
@@ -75,12 +90,13 @@ def fetch_fashion_mnist(root: Path) -> Path:
     the standard data, so we decompress ourselves.
     """
     raw = Path(root) / "FashionMNIST" / "raw"
-    if all((raw / f).exists() for f in FASHION_MNIST_FILES):
+    todo = [f for f in FASHION_MNIST_FILES if not _valid_idx(raw / f)]
+    if not todo:
         print(f"Fashion-MNIST already present in {raw}")
         return raw
     src = _locate_fashion_mnist_gz()
     raw.mkdir(parents=True, exist_ok=True)
-    for name in FASHION_MNIST_FILES:
+    for name in todo:
         gz = src / f"{name}.gz"
         if not gz.exists():
             raise FileNotFoundError(f"expected {gz} from package {FASHION_MNIST_PACKAGE!r}, not found")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset
 
 from crrelu_lightning.data.base import ArrayImageDataset, VisionDataModule
@@ -63,27 +64,37 @@ class FashionMNISTDataModule(VisionDataModule):
     """Fashion-MNIST (60k train / 10k test, 28×28 grey, 10 classes), all in memory as uint8.
 
     Reads ``ROOT/FashionMNIST/raw/<name>`` (torchvision layout, uncompressed or ``.gz``), ``ROOT/<name>[.gz]``,
-    or the Debian package's ``/usr/share/datasets/fashion-mnist/<name>.gz``. Pixel mean/std 0.2860/0.3530.
+    or the Debian package's ``/usr/share/datasets/fashion-mnist/<name>.gz`` (used only when ROOT lacks the
+    files, and then with a warning naming the folder). Pixel mean/std 0.2860/0.3530.
     """
 
     mean = (0.2860,)
     std = (0.3530,)
     num_classes = 10
-    fetch_hint = "crrelu-lightning data fetch fashion-mnist --root data"
 
     def __init__(self, root: str = "data", use_system_package: bool = True, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
         self.use_system_package = use_system_package
+        self.fetch_hint = f"crrelu-lightning data fetch fashion-mnist --root {root}"
+        self._warned_system = False
 
     def _find(self, name: str) -> Path:
         dirs = [self.root / "FashionMNIST" / "raw", self.root]
         if self.use_system_package:
             dirs.append(DEBIAN_FMNIST_DIR)
-        for d in dirs:
-            for cand in (d / name, d / f"{name}.gz"):
-                if cand.is_file():
-                    return cand
-        raise self.missing_root_error(self.root / "FashionMNIST" / "raw" / name)
+        tried = [c for d in dirs for c in (d / name, d / f"{name}.gz")]
+        for cand in tried:
+            if cand.is_file():
+                if cand.parent == DEBIAN_FMNIST_DIR and not self._warned_system:
+                    self._warned_system = True
+                    rank_zero_warn(
+                        f"{type(self).__name__}: no Fashion-MNIST files under root {self.root.resolve()}; using the "
+                        f"Debian package's files in {DEBIAN_FMNIST_DIR} instead (set use_system_package: false to "
+                        f"forbid this, or fetch into the root: {self.fetch_hint})")
+                return cand
+        listed = "\n".join(f"  {c.resolve() if not c.is_absolute() else c}" for c in tried)
+        raise FileNotFoundError(
+            f"{type(self).__name__}: {name} not found. Paths tried:\n{listed}\nFetch it with: {self.fetch_hint}")
 
     def prepare_data(self) -> None:
         for train in (True, False):  # fail at once, before the trainer does anything else
@@ -92,7 +103,8 @@ class FashionMNISTDataModule(VisionDataModule):
 
     def _load(self, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         img_f, lab_f = FMNIST_FILES[train]
-        images, labels = read_idx(self._find(img_f)), read_idx(self._find(lab_f))
+        refetch = f"{self.fetch_hint}  (the fetch re-writes damaged files)"
+        images, labels = read_idx(self._find(img_f), refetch), read_idx(self._find(lab_f), refetch)
         return images.unsqueeze(1), labels.long()
 
     def train_pool(self, augment: bool) -> Dataset:
