@@ -1,13 +1,15 @@
-"""Dynamic EAFO: entropy-descent correction of every CR layer's ε during training (EAFO.md §5).
+"""Dynamic EAFO: entropy-descent correction of every CR layer's ε during training (docs/eafo.md §4).
 
 On collection steps each CR layer's inputs x are tapped and reduced to S = Σ_{x∈B} k_σ'(x)/f_ε'(x) and
-N = |{x∈B}|, so S/N estimates G = ∂H_B/∂ε = E[k_σ'(X)/f_ε'(X) | X∈B]. After one all_reduce every rank applies
+N = |{x∈B}|, so S/N estimates G = ∂H_B/∂ε = E[k_σ'(X)/f_ε'(X) | X∈B]. After one sum over ranks every rank
+applies
 
     step mode:        ε ← clip(ε − η·S/N, ε_min, ε_max)       after the optimizer step, under no_grad
     regularize mode:  ε.grad += λ·S/N                           before the optimizer step; ε clipped after it
 
 H_B is concave in ε on the monotone interval, so pure descent runs to a bound: bounds, η/λ and the
-interval are real hyperparameters (docs/eafo.md).
+interval are real hyperparameters (docs/eafo.md §5). Schedule, reduction, sampling, logging and
+warnings are the shared plumbing of ``crrelu_lightning.callbacks._collection``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from crrelu_lightning.activations import CRActivation
 from crrelu_lightning.callbacks._activation_taps import ActivationTaps, find_activation_modules
 from crrelu_lightning.callbacks._collection import (
     CollectionSchedule,
@@ -26,8 +29,8 @@ from crrelu_lightning.callbacks._collection import (
     log_metrics,
     reduce_sum,
 )
-from crrelu_lightning.activations import CRActivation
-from crrelu_lightning.entropy import eafo as E
+from crrelu_lightning.entropy.branch_estimator import BranchSumEstimator, compute_branch_stats
+from crrelu_lightning.entropy.cr_branch import monotone_eps_interval
 
 _MODES = ("step", "regularize")
 
@@ -39,6 +42,11 @@ def _snap_sigma(sigma: float) -> float:
     recompiles that a drifting running σ can trigger.
     """
     return 2.0 ** (round(16.0 * math.log2(sigma)) / 16.0)
+
+
+def _eps_value(module: CRActivation) -> float:
+    """ε as a Python float, without autograd's requires_grad-to-scalar warning."""
+    return float(module.eps.detach())
 
 
 class EAFOCallback(Callback):
@@ -57,7 +65,7 @@ class EAFOCallback(Callback):
         track_sigma: set each layer's correction width σ to a running std of its inputs (k_{σ_l}).
         sigma_momentum: running σ ← m·σ + (1 − m)·std(batch).
         include / exclude: glob patterns on module names (as in ``find_activation_modules``).
-        slope_floor: smooth bases only: the branch B starts where g' reaches this value (EAFO.md §5).
+        slope_floor: smooth bases only: the branch B starts where g' reaches this value (docs/eafo.md §1).
         seed: seed of the subsampling generators; the stream of each batch is a function of (seed, global
             rank, optimizer step, micro-batch), so ranks differ and a resumed run draws the same samples.
         updates: False = measure and log only; training is then bit-identical to a run without the callback.
@@ -101,9 +109,11 @@ class EAFOCallback(Callback):
         self.track_sigma, self.sigma_momentum = bool(track_sigma), float(sigma_momentum)
         self.include, self.exclude = include, exclude
         self.slope_floor, self.seed, self.updates = float(slope_floor), int(seed), bool(updates)
-        # Per-run state lives in setup() (EAFO.md §7); resumable counters are plain Python values.
+        # Per-run state lives in setup(): spawned DDP processes must not share tensors made here. Resumable counters are plain Python values.
         self.updates_done = 0
         self.running_sigma: Dict[str, float] = {}
+        # Collections per layer that moved no ε because its statistics were not finite (logged, resumable).
+        self.skipped: Dict[str, int] = {}
 
     @property
     def state_key(self) -> str:
@@ -128,9 +138,13 @@ class EAFOCallback(Callback):
                 raise ValueError(f"regularize mode needs learnable ε, but ε is frozen in {frozen}; use mode='step'")
         self._check_bounds()
         self._names = list(self.layers)
-        self._b0 = [E.branch_cut(m.base, self.slope_floor) for m in self.layers.values()]
         device = trainer.strategy.root_device
-        self._acc = torch.zeros(len(self._names), len(E.SUM_FIELDS), dtype=torch.int64, device=device)
+        self._est = BranchSumEstimator([m.base for m in self.layers.values()], self.slope_floor, device=device)
+        # Last finite ε per layer and how often a non-finite one was replaced (tensors: no host sync per step).
+        self._good_eps = [m.eps.detach().clone() for m in self.layers.values()]
+        self._repairs = [torch.zeros((), dtype=torch.int64, device=m.eps.device) for m in self.layers.values()]
+        self._repairs_seen = [0] * len(self._names)
+        self.skipped = {n: self.skipped.get(n, 0) for n in self._names}
         self.schedule = CollectionSchedule(self.every_n_steps, self.warmup_steps)
         # Subsampling stream = f(seed, rank, step, micro-batch): nothing to checkpoint, exact on resume.
         self._sampler = SampleGenerators(self.seed)
@@ -147,7 +161,7 @@ class EAFOCallback(Callback):
             if key in seen:
                 continue
             seen.add(key)
-            a, b = E.monotone_eps_interval(m.base, m.sigma, self.slope_floor)
+            a, b = monotone_eps_interval(m.base, m.sigma, self.slope_floor)
             if not (a < lo and hi < b):
                 rank_zero_warn(
                     f"EAFOCallback: eps_bounds ({lo:g}, {hi:g}) leave the monotone interval ({a:.4g}, {b:.4g}) of "
@@ -168,6 +182,12 @@ class EAFOCallback(Callback):
                 if name in self.layers:
                     self.layers[name].sigma = _snap_sigma(s)
         if self.updates:
+            bad = [n for n, m in self.layers.items() if not math.isfinite(_eps_value(m))]
+            if bad:
+                raise ValueError(
+                    f"EAFOCallback: ε of layers {bad} is not finite at the start of fit (a damaged checkpoint or "
+                    "initialisation?); EAFO cannot update it. Start from a checkpoint with finite ε."
+                )
             lo, hi = self.eps_bounds
             outside = {n: _eps_value(m) for n, m in self.layers.items() if not lo <= _eps_value(m) <= hi}
             if outside:
@@ -178,13 +198,8 @@ class EAFOCallback(Callback):
     def _collect(self, index: int, name: str, module: torch.nn.Module, x: Optional[torch.Tensor], out) -> None:
         if x is None:
             return
-        x = x.reshape(-1)
-        cap = self.max_samples_per_call
-        if cap is not None and x.numel() > cap:
-            x = x[torch.randint(x.numel(), (cap,), generator=self._sampler.get(x.device), device=x.device)]
-        self._acc[index] += E.branch_sums(x, module.base, module.eps, module.sigma, self._b0[index]).to(
-            self._acc.device
-        )
+        self._est.update(x, module.eps, module.sigma, index=index, max_samples=self.max_samples_per_call,
+                         generator=self._sampler.get(x.device))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._taps.enabled = self.schedule.batch_start(trainer.global_step)
@@ -193,16 +208,23 @@ class EAFOCallback(Callback):
 
     # ------------------------------------------------------------------ reduction and updates
     def _reduce(self, trainer: Trainer) -> List[Dict[str, float]]:
-        """One sum of every layer's integer sums over all ranks (on all ranks), then decode; resets the sums."""
-        acc = reduce_sum(trainer, self._acc)
-        stats = [E.decode_sums(row) for row in acc.cpu()]
-        self._acc.zero_()
-        return stats
+        """Sum every layer's integer statistics over all ranks (on all ranks), decode, reset."""
+        state = reduce_sum(trainer, self._est.state_tensor())
+        stats = {k: v.cpu().tolist() for k, v in compute_branch_stats(state).items()}
+        self._est.reset()
+        return [{k: v[i] for k, v in stats.items()} for i in range(len(self._names))]
 
-    def _apply(self, stats: List[Dict[str, float]], before_step: bool) -> None:
+    def _apply(self, stats: List[Dict[str, float]], before_step: bool, step: int) -> None:
         pending: Dict[str, float] = {}
         for (name, module), st in zip(self.layers.items(), stats):
-            if self.track_sigma and st["total"] > 0:
+            pending[f"eafo/nonfinite/{name}"] = st["nonfinite"]
+            if st["nonfinite"] > 0:
+                self._warnings.warn(
+                    "nonfinite inputs", name,
+                    f"{int(st['nonfinite'])} non-finite inputs (NaN/Inf) to layer {name!r} at step {step}; they are "
+                    f"left out of every sum and counted in eafo/nonfinite/{name}",
+                )
+            if self.track_sigma and st["total"] > 0 and math.isfinite(st["std"]):
                 prev = self.running_sigma.get(name)
                 s = st["std"] if prev is None else self.sigma_momentum * prev + (1 - self.sigma_momentum) * st["std"]
                 if s > 0:
@@ -210,11 +232,24 @@ class EAFOCallback(Callback):
                     pending[f"eafo/sigma/{name}"] = s
                     if self.updates:
                         module.sigma = _snap_sigma(s)
-            if st["count"] == 0:  # no input on the branch this time: nothing to estimate
+            g, dh = st["dH_deps"], st["delta_entropy"]
+            defined = st["nonmonotone"] == 0 and math.isfinite(g) and math.isfinite(dh)
+            if st["count"] == 0 and st["nonfinite"] == 0 and st["nonmonotone"] == 0:
+                pending[f"eafo/skipped/{name}"] = self.skipped[name]
+                continue  # no input on the branch this time: nothing to estimate, nothing wrong
+            if not defined:
+                self.skipped[name] += 1
+                pending[f"eafo/skipped/{name}"] = self.skipped[name]
+                self._warnings.warn(
+                    "undefined statistics", name,
+                    f"the EAFO statistics of layer {name!r} at step {step} are not finite ({int(st['count'])} "
+                    f"finite branch inputs, {int(st['nonmonotone'])} where f_eps' <= 0, {int(st['nonfinite'])} "
+                    f"non-finite); eps is left unchanged and the collection counted in eafo/skipped/{name}",
+                )
                 continue
-            g = st["dH_deps"]
+            pending[f"eafo/skipped/{name}"] = self.skipped[name]
             pending[f"eafo/dH_deps/{name}"] = g
-            pending[f"eafo/delta_entropy/{name}"] = st["delta_entropy"]
+            pending[f"eafo/delta_entropy/{name}"] = dh
             if not self.updates:
                 continue
             with torch.no_grad():
@@ -229,14 +264,34 @@ class EAFOCallback(Callback):
         self._pending = pending
 
     def _clip_all(self) -> None:
+        """Clip ε into the bounds; a non-finite ε (e.g. a NaN task gradient) goes back to its last finite value.
+
+        Tensor ops only (no host sync per step); the repairs are counted and reported at the next log.
+        """
+        lo, hi = self.eps_bounds
         with torch.no_grad():
-            for m in self.layers.values():
-                m.eps.clamp_(*self.eps_bounds)
+            for m, good, repairs in zip(self.layers.values(), self._good_eps, self._repairs):
+                finite = torch.isfinite(m.eps)
+                repairs += (~finite).to(repairs.dtype)
+                m.eps.copy_(torch.where(finite, m.eps.clamp(lo, hi), good.to(m.eps.dtype)))
+                good.copy_(m.eps)
+
+    def _report_repairs(self, pending: Dict[str, float], step: int) -> None:
+        for i, name in enumerate(self._names):
+            n = int(self._repairs[i])
+            pending[f"eafo/eps_repaired/{name}"] = n
+            if n > self._repairs_seen[i]:
+                self._repairs_seen[i] = n
+                self._warnings.warn(
+                    "non-finite eps", name,
+                    f"the optimizer made eps of layer {name!r} non-finite (NaN/Inf gradient?) by step {step}; it was "
+                    f"restored to its last finite value ({n} times so far, eafo/eps_repaired/{name})",
+                )
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         # Same decision on every rank (global_step is shared), so the all_reduce runs everywhere or nowhere.
         if self.mode == "regularize" and self.schedule.is_collection_step(trainer.global_step):
-            self._apply(self._reduce(trainer), before_step=True)
+            self._apply(self._reduce(trainer), before_step=True, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         self._taps.enabled = False
@@ -244,10 +299,12 @@ class EAFOCallback(Callback):
         if not stepped:  # gradient accumulation: no optimizer step yet
             return
         if self.mode == "step" and done is not None:
-            self._apply(self._reduce(trainer), before_step=False)
+            self._apply(self._reduce(trainer), before_step=False, step=done)
         if self.updates:
             self._clip_all()  # the optimizer may have moved ε (task gradient, regularize mode)
         if self._pending:
+            if self.updates:
+                self._report_repairs(self._pending, trainer.global_step)
             for name in self._names:
                 self._pending[f"eafo/eps/{name}"] = _eps_value(self.layers[name])
             self.last_metrics = self._pending
@@ -259,15 +316,27 @@ class EAFOCallback(Callback):
         self._warnings.summary()
 
     # ------------------------------------------------------------------ resume
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: Dict[str, Any]) -> None:
+        # ε is repaired after every optimizer step; this also covers a save between a NaN step and the repair.
+        if not self.updates or not hasattr(self, "_good_eps"):
+            return
+        weights = checkpoint.get("state_dict", {})
+        for name, good in zip(self._names, self._good_eps):
+            key = f"{name}.eps"
+            value = weights.get(key)
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                weights[key] = good.detach().to(value.device, value.dtype).clone()
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"updates_done": self.updates_done, "running_sigma": dict(self.running_sigma)}
+        return {"updates_done": self.updates_done, "running_sigma": dict(self.running_sigma),
+                "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         # Older checkpoints also hold a "generator" state: not needed, sampling is seeded per step.
         self.updates_done = int(state_dict["updates_done"])
         self.running_sigma = {k: float(v) for k, v in state_dict["running_sigma"].items()}
-
-
-def _eps_value(module: CRActivation) -> float:
-    """ε as a Python float, without autograd's requires_grad-to-scalar warning."""
-    return float(module.eps.detach())
+        loaded = {k: int(v) for k, v in state_dict.get("skipped", {}).items()}
+        if hasattr(self, "_names"):  # loaded after setup()
+            self.skipped = {n: loaded.get(n, 0) for n in self._names}
+        else:
+            self.skipped = loaded

@@ -5,7 +5,7 @@ Example::
     crrelu-lightning eafo --base relu --input normal --eps -0.5,-0.1,-0.01,0.01,0.1,0.5 --format json
     crrelu-lightning eafo --input histogram:layer3.json --bounds 0,1 --plot eafo.png
 
-Entropies are in nats, on the invertible branch B of the base (EAFO.md §5); see docs/eafo.md.
+Entropies are in nats, on the invertible branch B of the base; the math is in docs/eafo.md.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def render_table(records, dist, base: str, cr_sigma: float, bounded, bounds) -> 
         f"base {base}, input {dist.describe()}, correction width σ = {cr_sigma:g}",
         f"branch B = x > {r0['branch_start']:.6g}:  P(B) = {r0['branch_prob']:.6f},  "
         f"H(X|B) = {r0['input_entropy']:.6f} nats",
-        "ε < 0 decreases the branch entropy (EAFO.md §4).",
+        "ε < 0 decreases the branch entropy (docs/eafo.md §2).",
         "",
         f"{'eps':>9} {'dH [nats]':>12} {'dH/deps':>10} {'monotone':>9} {'min f_prime':>12} {'H(Y|B)':>10}",
     ]
@@ -122,7 +122,7 @@ def plot_eafo(path, base: str, dist, eps_values, cr_sigma: float, bounds, record
     ax = axes[1]
     b0 = records[0]["branch_start"]
     xb = x[x > b0]
-    k = E.cr_math.correction(E._t(xb), cr_sigma).numpy()
+    k = E.correction(xb, cr_sigma)
     d = E.correction_direction(base, dist, xb, 0.0, cr_sigma)
     ax.plot(xb, k / np.nanmax(np.abs(k)), label="correction k_σ(x) (scaled)")
     ax.plot(xb, d / np.nanmax(np.abs(d)), "--", label="EAFO direction d/dx[p/g'] (scaled)")

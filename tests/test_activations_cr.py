@@ -318,17 +318,3 @@ def test_correction_derivative_closed_form():
         x = torch.linspace(-6, 6, 301, dtype=torch.float64, requires_grad=True)
         cr_math.correction(x, sigma).sum().backward()
         torch.testing.assert_close(cr_math.correction_derivative(x.detach(), sigma), x.grad)
-
-
-def test_monotone_eps_interval():
-    lo, hi = cr_math.monotone_eps_interval()
-    assert lo == -1.0 and hi == pytest.approx(math.exp(1.5) / 2) and hi == pytest.approx(2.2408, abs=1e-4)
-    x = torch.linspace(1e-6, 12, 200001, dtype=torch.float64)
-    kd = cr_math.correction_derivative(x)
-    assert kd.max().item() == pytest.approx(1.0, abs=1e-9)
-    assert kd.min().item() == pytest.approx(-2 * math.exp(-1.5), rel=1e-6)
-    for eps in (lo + 1e-3, 0.0, 0.5, hi - 1e-3):  # inside: f' = 1 + ε k' > 0 on x > 0
-        assert (1 + eps * kd).min().item() > 0
-    for eps in (lo - 1e-2, hi + 1e-2):  # outside: the positive branch stops being increasing
-        assert (1 + eps * kd).min().item() < 0
-    assert cr_math.monotone_eps_interval(0.3) == (lo, hi)  # independent of σ

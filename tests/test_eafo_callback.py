@@ -1,5 +1,5 @@
 """EAFOCallback and its sample estimator, against the quadrature entropy (finite differences), a
-second run (single process, no callback, uninterrupted) and the sign/bound facts of EAFO.md §4–§5."""
+second run (single process, no callback, uninterrupted) and the sign/bound facts of docs/eafo.md §2 and §4."""
 import math
 import os
 
@@ -30,6 +30,7 @@ def test_sample_gradient_matches_quadrature_finite_differences(base, eps, mu, si
     gen = torch.Generator().manual_seed(1)
     x = mu + sigma * torch.randn(1_000_000, generator=gen)
     st = E.decode_sums(E.branch_sums(x, base, torch.tensor(eps), cr_sigma, E.branch_cut(base)))
+    assert st["count"] == int((x > E.branch_cut(base)).sum()) and st["total"] == x.numel()
     dist, h = E.NormalInput(mu, sigma), 1e-4
     fd = (
         E.branch_record(base, dist, eps + h, cr_sigma)["delta_entropy"]

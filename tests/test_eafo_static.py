@@ -1,5 +1,5 @@
 """Static EAFO (crrelu_lightning.entropy.eafo and the ``eafo`` CLI) against independent references:
-scipy.integrate.quad, closed forms (EAFO.md §4, §6), finite differences and autograd."""
+scipy.integrate.quad, closed forms (docs/eafo.md §2–§3), finite differences and autograd."""
 import json
 import math
 
@@ -11,7 +11,9 @@ from scipy import integrate, stats
 from crrelu_lightning.eafo_cli import main as eafo_main
 from crrelu_lightning.entropy import eafo as E
 
-DOC_DELTA_H = {0.01: 0.00352, -0.01: -0.00356, 0.1: 0.0335, -0.1: -0.0374, 0.5: 0.138, -0.5: -0.244}
+# The ΔH_B(ε) column of docs/eafo.md §2 (7 decimals): the docs must agree with the code and with scipy.
+DOC_DELTA_H = {0.01: 0.0035164, -0.01: -0.0035549, 0.1: 0.0335208, -0.1: -0.0373835, 0.5: 0.1375436,
+               -0.5: -0.2436686}
 
 
 def _quad_delta_h_relu(eps, mu=0.0, sigma=1.0, cr_sigma=1.0):
@@ -31,7 +33,7 @@ def _run_cli(capsys, *argv):
     return capsys.readouterr().out
 
 
-def test_cli_json_reproduces_eafo_md_section4(capsys):
+def test_cli_json_reproduces_the_docs_table(capsys):
     out = _run_cli(capsys, "--base", "relu", "--input", "normal", "--eps", "-0.5,-0.1,-0.01,0.01,0.1,0.5",
                    "--format", "json")
     records = json.loads(out)
@@ -41,10 +43,7 @@ def test_cli_json_reproduces_eafo_md_section4(capsys):
         assert r["monotone"] is True
         exact = _quad_delta_h_relu(r["eps"])
         assert r["delta_entropy"] == pytest.approx(exact, abs=1e-10)
-        # EAFO.md prints ~3 significant figures: within 1e-4 for |ε| <= 0.1, within 0.5 % at |ε| = 0.5
-        # (exact: +0.137544 and −0.243669; the acceptance's "1e-4" cannot hold against a 3-figure print).
-        doc = DOC_DELTA_H[r["eps"]]
-        assert abs(r["delta_entropy"] - doc) <= max(1e-4, 5e-3 * abs(doc))
+        assert abs(r["delta_entropy"] - DOC_DELTA_H[r["eps"]]) <= 5e-8  # rounding of the 7-decimal print
         # sign fact: ε < 0 lowers the branch entropy
         assert (r["delta_entropy"] < 0) == (r["eps"] < 0)
 
@@ -84,10 +83,26 @@ def test_smooth_base_delta_h_matches_scipy():
 @pytest.mark.parametrize("cr_sigma", [0.5, 1.0, 2.0])
 def test_monotone_eps_interval_per_base(base, cr_sigma):
     lo, hi = E.monotone_eps_interval(base, cr_sigma)
-    if base == "relu":  # closed form, independent of σ (EAFO.md §4)
-        assert (lo, hi) == pytest.approx((-1.0, math.exp(1.5) / 2), abs=1e-6)
+    if base == "relu":  # closed form, independent of σ (docs/eafo.md §2)
+        assert (lo, hi) == (-1.0, math.exp(1.5) / 2)
     for e, ok in ((lo + 1e-3, True), (hi - 1e-3, True), (lo - 1e-3, False), (hi + 1e-3, False)):
         assert E.branch_record(base, E.NormalInput(), e, cr_sigma)["monotone"] is ok
+
+
+def test_relu_monotone_interval_from_the_range_of_k_prime():
+    """k_σ'(x) = (1 − x²/σ²)e^{−x²/2σ²} spans [−2e^{−3/2}, 1] on x > 0 for every σ, so 1 + ε k' > 0 iff
+    −1 < ε < e^{3/2}/2; checked on a grid, independently of the module's closed form."""
+    lo, hi = E.monotone_eps_interval("relu")
+    assert hi == pytest.approx(2.2408, abs=1e-4)
+    for s in (0.3, 1.0, 2.5):
+        x = np.linspace(1e-6, 12 * s, 200001)
+        kd = (1 - x * x / s**2) * np.exp(-x * x / (2 * s**2))
+        assert kd.max() == pytest.approx(1.0, abs=1e-9) and kd.min() == pytest.approx(-2 * math.exp(-1.5), rel=1e-6)
+        for eps in (lo + 1e-3, 0.0, 0.5, hi - 1e-3):
+            assert (1 + eps * kd).min() > 0
+        for eps in (lo - 1e-2, hi + 1e-2):
+            assert (1 + eps * kd).min() < 0
+        assert E.monotone_eps_interval("relu", s) == (lo, hi)
 
 
 def test_monotone_interval_edges():
@@ -169,7 +184,7 @@ def test_wafbc_entropy_is_log_width_and_beats_bounded_activations():
     got = E.bounded_activation_entropies(E.NormalInput(), a, b)
     assert {"sigmoid", "tanh", "wafbc"} <= set(got)
     assert got["wafbc"] == pytest.approx(math.log(b - a), abs=1e-9)
-    # EAFO.md §6 reference values, rescaled from (0,1) resp. (-1,1) to (a, b)
+    # reference values of docs/eafo.md §3, rescaled from (0,1) resp. (-1,1) to (a, b)
     assert got["sigmoid"] == pytest.approx(-0.193180 + math.log(3.0), abs=1e-6)
     assert got["tanh"] == pytest.approx(0.669804 + math.log(3.0 / 2.0), abs=1e-6)
     assert all(h < got["wafbc"] - 1e-3 for name, h in got.items() if name != "wafbc")

@@ -82,14 +82,6 @@ def cr_reference(base: str, x: torch.Tensor, eps: torch.Tensor, sigma: float = 1
     return base_forward(base, x) + eps * x * torch.exp(-(x**2) / (2.0 * sigma * sigma))
 
 
-def monotone_eps_interval(sigma: float = 1.0) -> tuple:
-    """ε range for which ReLU's positive branch stays increasing: (−1, e^{3/2}/2) (docs/eafo.md §2).
-
-    k_σ'(x) ranges over [−2e^{−3/2}, 1] for any σ, so the interval does not depend on σ.
-    """
-    return (-1.0, math.exp(1.5) / 2.0)
-
-
 # --------------------------------------------------------------------------- fused kernel bodies
 def compute_dtype(x_dtype: torch.dtype, eps_dtype: torch.dtype) -> torch.dtype:
     """float32 for half inputs (and half ε), else the promotion of x's and ε's dtypes."""
