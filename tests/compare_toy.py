@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Dict, Optional
 
 import torch
@@ -50,7 +51,8 @@ class ToyClassifier(LightningModule):
     """MLP ``Linear -> activation -> Linear``; logs loss/accuracy plus an ``entropy/`` and an ``eps`` tag.
 
     ``fail_when="NAME:SEED"`` raises at the start of training for that activation and seed, so a
-    test can check that one crashed run is recorded as failed while the others finish.
+    test can check that one crashed run is recorded as failed while the others finish. ``step_sleep``
+    seconds per training step make a run last long enough to be cancelled half-way.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ToyClassifier(LightningModule):
         hidden: int = 16,
         lr: float = 0.05,
         fail_when: Optional[str] = None,
+        step_sleep: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -76,6 +79,8 @@ class ToyClassifier(LightningModule):
         return self.fc2(self.act(self.fc1(x)))
 
     def training_step(self, batch, batch_idx):
+        if self.hparams.step_sleep:
+            time.sleep(self.hparams.step_sleep)
         x, y = batch
         h = self.act(self.fc1(x))
         loss = nn.functional.cross_entropy(self.fc2(h), y)

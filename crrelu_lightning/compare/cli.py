@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from crrelu_lightning.compare import collect, commands, plots, report, runner
+from dataclasses import dataclass
+
+from crrelu_lightning.compare import collect, commands, plots, report, runner, slurm
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -65,7 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=sys.executable,
                    help="interpreter that runs `-m crrelu_lightning fit` (default: this one)")
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the table and plots")
-    p.add_argument("--dry-run", action="store_true", help="print each run's fit command and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each run's fit command (with --launcher slurm: the batch script) and exit")
+    s = p.add_argument_group("SLURM", "submit the grid as one job array instead of running it here (docs/compare.md)")
+    s.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: run here (default); slurm: sbatch one array task per run, then return")
+    s.add_argument("--collect", type=Path, metavar="DIR",
+                   help="run nothing: gather the finished runs of the SLURM sweep in DIR into results.csv, "
+                        "summary.md and plots, and report unfinished, failed and requeued tasks")
+    s.add_argument("--slurm.partition", dest="slurm_partition", help="partition (sbatch --partition)")
+    s.add_argument("--slurm.gpus-per-run", dest="slurm_gpus_per_run", type=int, default=0,
+                   help="GPUs per run (--gres=gpu:G, G tasks = G Lightning ranks started by srun; default 0)")
+    s.add_argument("--slurm.time", dest="slurm_time", help="time limit per run (sbatch --time, e.g. 1-00:00:00)")
+    s.add_argument("--slurm.extra", dest="slurm_extra", action="append", default=[],
+                   help="site-specific sbatch flags, e.g. --slurm.extra='--account=abc --qos=normal' (repeatable)")
+    s.add_argument("--slurm.max-running", dest="slurm_max_running", type=int,
+                   help="at most this many tasks of the array at once (--array=...%%N)")
     return p
 
 
@@ -261,44 +278,224 @@ def _run_interruptibly(settings: commands.Settings, specs: List[commands.RunSpec
             signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    tail: List[str] = []
+@dataclass
+class Plan:
+    """A parsed compare command line: its settings, the runs, and the SLURM options."""
+
+    args: argparse.Namespace
+    argv: List[str]
+    tail: List[str]
+    settings: commands.Settings
+    activations: List[Tuple[str, str]]
+    seeds: List[int]
+    specs: List[commands.RunSpec]
+    slurm: slurm.SlurmOptions
+
+
+def _split_tail(argv: List[str]) -> Tuple[List[str], List[str]]:
     if "--" in argv:  # everything after a bare -- goes to every fit/test command unchanged
         i = argv.index("--")
-        argv, tail = argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def prepare(full_argv: List[str], args: Optional[argparse.Namespace] = None) -> Plan:
+    """Parse and check a compare command line into a ``Plan``; bad values raise ``ValueError``."""
+    argv, tail = _split_tail(list(full_argv))
+    args = args or build_parser().parse_args(argv)
+    missing = [f for f, v in (("--config", args.config), ("--activations", args.activations)) if v is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}")
+    settings = settings_from_args(args, tail)
+    activations = parse_activations(args.activations, check=not args.no_check_activations)
+    seeds = parse_seeds(args.seeds)
+    kwargs = parse_kwargs(args.activation_kwargs, [l for l, _ in activations])
+    for b in _split(settings.baseline or ""):
+        if b not in [l for l, _ in activations]:
+            raise ValueError(f"--baseline {b!r} is not one of --activations {[l for l, _ in activations]}")
+    for flag, value in (("--slurm.gpus-per-run", args.slurm_gpus_per_run), ("--slurm.max-running", args.slurm_max_running)):
+        if value is not None and value < (0 if flag.endswith("run") else 1):
+            raise ValueError(f"{flag} must be >= {0 if flag.endswith('run') else 1}, got {value}")
+    opts = slurm.SlurmOptions(partition=args.slurm_partition, gpus_per_run=args.slurm_gpus_per_run,
+                              time=args.slurm_time, extra=[x for e in args.slurm_extra for x in shlex.split(e)],
+                              cpus_per_run=args.threads_per_run or (4 if args.slurm_gpus_per_run else 1),
+                              max_running=args.slurm_max_running)
+    specs = commands.plan(settings, activations, seeds, kwargs)
+    return Plan(args, argv, tail, settings, activations, seeds, specs, opts)
+
+
+def _header(plan: Plan) -> Dict[str, str]:
+    settings, activations = plan.settings, plan.activations
+    header = {
+        "command": shlex.join(["crrelu-lightning", "compare", *plan.argv] + (["--", *plan.tail] if plan.tail else [])),
+        "config": str(settings.config), "activations": ", ".join(l if l == n else f"{l}={n}" for l, n in activations),
+        "seeds": ", ".join(map(str, plan.seeds)),
+    }
+    if plan.args.launcher == "slurm":
+        o = plan.slurm
+        header["launcher"] = (f"SLURM job array (partition {o.partition or 'default'}, {o.gpus_per_run} GPUs and "
+                              f"{o.cpus_per_run} CPUs per run, time {o.time or 'default'})")
+    else:
+        header["machine"] = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()})"
+        header["parallel"] = (f"{settings.parallel} runs × {settings.threads()} threads"
+                              + (f", GPUs {','.join(settings.gpus)}" if settings.gpus else ""))
+    header["generated"] = datetime.datetime.now().isoformat(timespec="seconds")
+    return header
+
+
+def _slurm(plan: Plan, dry_run: bool) -> int:
+    """Submit the unfinished runs that SLURM is not already running as one array, then report."""
+    settings, specs = plan.settings, plan.specs
+    try:
+        runner.check_compatible(settings, specs)
+        states = slurm.task_states(settings.out)
+        todo = [specs[i] for i in runner.runs_to_do(settings, specs)]
+        queued = [s for s in todo if (st := states.get(slurm.relative(s, settings.out))) is not None and st.live]
+        submit = [s for s in todo if s not in queued]
+        if dry_run:
+            if submit:
+                k = len(slurm.submissions(settings.out)) + 1
+                print(slurm.batch_script(settings, plan.slurm, submit, k, Path.cwd()), end="")
+            print(f"# compare: dry run, nothing submitted: {len(submit)} runs to submit, {len(queued)} still "
+                  f"queued or running, {len(specs) - len(todo)} finished", file=sys.stderr)
+            return 0
+        if submit:
+            job, script = slurm.submit(settings, plan.slurm, submit, ["--launcher", "slurm", *_without(plan)], Path.cwd())
+            print(f"compare: submitted job array {job} ({len(submit)} tasks; batch script {script}); "
+                  f"{len(queued)} runs still queued or running, {len(specs) - len(todo)} finished. "
+                  f"Collect with: crrelu-lightning compare --collect {settings.out}")
+        else:
+            print(f"compare: nothing to submit ({len(queued)} runs still queued or running, "
+                  f"{len(specs) - len(todo)} finished)")
+    except ValueError as exc:
+        print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
+        return 2
+    return _report_slurm(plan)
+
+
+def _without(plan: Plan) -> List[str]:
+    """The command line minus --launcher/--dry-run, so a task re-parses exactly the sweep's settings."""
+    argv, skip = [], False
+    for a in plan.argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--launcher":
+            skip = True
+            continue
+        if a.startswith("--launcher=") or a == "--dry-run":
+            continue
+        argv.append(a)
+    return argv + (["--", *plan.tail] if plan.tail else [])
+
+
+def _collect(out: Path, parser: argparse.ArgumentParser) -> int:
+    subs = slurm.submissions(out)
+    if not subs:
+        print(f"crrelu-lightning compare: error: {out} has no SLURM submissions ({out / 'slurm' / 'submissions.json'} "
+              "is missing); for a local sweep rerun its command with --report-only", file=sys.stderr)
+        return 2
+    stored = json.loads((slurm.slurm_dir(out) / f"submit_{subs[-1]['submission']}.json").read_text())
+    try:
+        plan = prepare(stored["argv"])
+    except ValueError as exc:
+        print(f"crrelu-lightning compare: error: the sweep's stored command no longer parses: {exc}", file=sys.stderr)
+        return 2
+    if plan.settings.out != out.expanduser().resolve():
+        print(f"compare: warning: {out} was submitted as {plan.settings.out}", file=sys.stderr)
+    return _report_slurm(plan)
+
+
+def _describe_task(spec: commands.RunSpec, st: Optional[slurm.TaskState], out: Path) -> List[str]:
+    """Lines for summary.md / stdout about one SLURM task that did not finish (or finished after a requeue)."""
+    if st is None:
+        return [f"`{spec.label}` seed {spec.seed}: never submitted"]
+    step = None
+    from crrelu_lightning.compare.checkpoints import checkpoint_step
+
+    if not (spec.run_dir / runner.DONE).exists():
+        step = checkpoint_step(spec.run_dir)
+    text = f"`{spec.label}` seed {spec.seed}: SLURM {st.state}"
+    details = [f"task {st.name}"]
+    if st.reason and st.reason not in ("None", ""):
+        details.append(f"reason {st.reason}")
+    if st.exit_code:
+        details.append(f"exit {st.exit_code}")
+    n_starts = len(slurm.attempts(spec.run_dir))
+    restarts = max(st.restarts, n_starts - 1)
+    if restarts > 0:
+        details.append(f"requeued {restarts}×")
+    text += " (" + ", ".join(details) + ")"
+    if step is not None:
+        text += f"; resume checkpoint at step {step}"
+    lines = [text]
+    if not st.live:
+        tail = slurm.log_tail(st.log)
+        if tail:
+            lines.append(f"  log {st.log}:")
+            lines += [f"      {l}" for l in tail]
+    return lines
+
+
+def _report_slurm(plan: Plan) -> int:
+    """results.csv, summary.md and plots from the finished runs; the state of every other task.
+
+    Exit 0: all runs finished and succeeded; 1: some failed; 3: none failed but some are not finished."""
+    settings, specs = plan.settings, plan.specs
+    for problem in runner.incompatibilities(settings, specs):
+        print(f"compare: warning: {problem}", file=sys.stderr)
+    states = slurm.task_states(settings.out)
+    done_specs, records, notes = [], [], []
+    unfinished = 0
+    for spec in specs:
+        rec = runner.load_done(spec)
+        st = states.get(slurm.relative(spec, settings.out))
+        if rec is None:
+            unfinished += 1
+            notes += _describe_task(spec, st, settings.out)
+            continue
+        done_specs.append(spec)
+        records.append(rec)
+        requeued = st is not None and max(st.restarts, len(slurm.attempts(spec.run_dir)) - 1) > 0
+        if rec["status"] != "ok" or requeued:
+            notes += [("failed: " if rec["status"] != "ok" else "finished after a requeue: ") + l
+                      if i == 0 else l for i, l in enumerate(_describe_task(spec, st, settings.out))]
+    header = _header(plan)
+    if records:
+        write_outputs(settings, done_specs, records, header, pending=notes)
+    n_failed = sum(r["status"] != "ok" for r in records)
+    print(f"compare: {len(records) - n_failed} ok, {n_failed} failed, {unfinished} not finished of {len(specs)} runs"
+          + (f" -> {settings.out / 'summary.md'}, {settings.out / 'results.csv'}" if records else ""))
+    for line in notes:
+        print(f"  {line}")
+    if unfinished:
+        print("compare: rerun the submit command to resubmit stopped runs (they resume from their resume "
+              f"checkpoint), or `crrelu-lightning compare --collect {settings.out}` to look again")
+    return 1 if n_failed else (3 if unfinished else 0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    full = list(sys.argv[1:] if argv is None else argv)
+    argv, tail = _split_tail(full)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.report_csv:
         return _report_from_csv(args, argv)
-    missing = [f for f, v in (("--config", args.config), ("--activations", args.activations)) if v is None]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    if args.collect is not None:
+        return _collect(args.collect, parser)
     try:
-        settings = settings_from_args(args, tail)
-        activations = parse_activations(args.activations, check=not args.no_check_activations)
-        seeds = parse_seeds(args.seeds)
-        kwargs = parse_kwargs(args.activation_kwargs, [l for l, _ in activations])
-        for b in _split(settings.baseline or ""):
-            if b not in [l for l, _ in activations]:
-                raise ValueError(f"--baseline {b!r} is not one of --activations {[l for l, _ in activations]}")
+        plan = prepare(full, args)
     except ValueError as exc:
         print(f"crrelu-lightning compare: error: {exc}", file=sys.stderr)
         return 2
-    specs = commands.plan(settings, activations, seeds, kwargs)
+    settings, specs = plan.settings, plan.specs
+    if args.launcher == "slurm":
+        return _slurm(plan, dry_run=args.dry_run)
     if args.dry_run:
         for spec in specs:
             print(shlex.join(["crrelu-lightning", *commands.cli_args(settings, spec, "fit")]))
         return 0
-    header = {
-        "command": shlex.join(["crrelu-lightning", "compare", *argv] + (["--", *tail] if tail else [])),
-        "config": str(settings.config), "activations": ", ".join(l if l == n else f"{l}={n}" for l, n in activations),
-        "seeds": ", ".join(map(str, seeds)),
-        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()})",
-        "parallel": f"{settings.parallel} runs × {settings.threads()} threads"
-                    + (f", GPUs {','.join(settings.gpus)}" if settings.gpus else ""),
-        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    header = _header(plan)
     try:
         if args.report_only:  # nothing new is mixed in, so differences are only worth a warning
             for problem in runner.incompatibilities(settings, specs):

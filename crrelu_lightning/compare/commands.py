@@ -49,6 +49,7 @@ class Settings:
     python: str = sys.executable
     baseline: Optional[str] = None
     diff_metrics: List[str] = field(default_factory=list)
+    launch_prefix: List[str] = field(default_factory=list)  # e.g. srun for a multi-GPU run on SLURM
 
     def threads(self) -> int:
         # Split the cores evenly so K parallel runs don't oversubscribe (torch reads OMP_NUM_THREADS).
@@ -146,4 +147,4 @@ def cli_args(settings: Settings, spec: RunSpec, subcommand: str) -> List[str]:
 
 
 def command(settings: Settings, args: List[str]) -> List[str]:
-    return [settings.python, "-m", "crrelu_lightning", *args]
+    return [*settings.launch_prefix, settings.python, "-m", "crrelu_lightning", *args]

@@ -239,6 +239,17 @@ def check_compatible(settings: Settings, specs: List[RunSpec]) -> None:
                          + (f" ({len(problems) - 1} more runs differ)." if len(problems) > 1 else "."))
 
 
+def runs_to_do(settings: Settings, specs: List[RunSpec]) -> List[int]:
+    """Indices of the runs still to run: no ``done.json``, failed with ``retry_failed``, or ``--test`` added later."""
+    out = []
+    for i, spec in enumerate(specs):
+        rec = load_done(spec)
+        needs_test = settings.test and rec is not None and rec.get("status") == "ok" and "test_command" not in rec
+        if rec is None or needs_test or (rec.get("status") != "ok" and settings.retry_failed):
+            out.append(i)
+    return out
+
+
 def run_all(settings: Settings, specs: List[RunSpec], log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Run the unfinished specs, ``settings.parallel`` at a time; return one record per spec (in order).
 
@@ -246,15 +257,9 @@ def run_all(settings: Settings, specs: List[RunSpec], log: Callable[[str], None]
     interrupted runs get no ``done.json`` and rerun (resuming from their checkpoint) next time.
     """
     check_compatible(settings, specs)
-    records: Dict[int, Dict[str, Any]] = {}
-    todo = []
-    for i, spec in enumerate(specs):
-        rec = load_done(spec)
-        needs_test = settings.test and rec is not None and rec.get("status") == "ok" and "test_command" not in rec
-        if rec is not None and not needs_test and (rec.get("status") == "ok" or not settings.retry_failed):
-            records[i] = dict(rec, ran=False)
-        else:
-            todo.append(i)
+    todo = runs_to_do(settings, specs)
+    records: Dict[int, Dict[str, Any]] = {i: dict(load_done(s), ran=False)
+                                          for i, s in enumerate(specs) if i not in todo}
     log(f"compare: {len(specs)} runs, {len(specs) - len(todo)} already finished, {len(todo)} to run, "
         f"{settings.parallel} at a time with {settings.threads()} threads each")
     slots: "queue.Queue[int]" = queue.Queue()
