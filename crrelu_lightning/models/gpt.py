@@ -66,7 +66,6 @@ class GPTConfig:
         self.activation_kwargs = dict(self.activation_kwargs or {})
         get_activation(self.activation)  # fail early on an unknown name (the error lists the registry)
 
-
     @classmethod
     def from_hf(cls, path: Union[str, Path], dropout: float = 0.0) -> "GPTConfig":
         """The shape in a Hugging Face GPT-2 ``config.json`` (a folder or the file); see ``HF_REQUIRED``."""
