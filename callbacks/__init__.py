@@ -7,7 +7,9 @@ from typing import Any
 # name -> module that defines it; add new callbacks here.
 _EXPORTS = {
     "ActivationEntropyMonitor": "crrelu_lightning.callbacks.entropy_monitor",
+    "ActivationParameterLogger": "crrelu_lightning.callbacks.activation_params",
     "EAFOCallback": "crrelu_lightning.callbacks.eafo",
+    "PredictionWriter": "crrelu_lightning.callbacks.prediction_writer",
 }
 
 __all__ = sorted(_EXPORTS)

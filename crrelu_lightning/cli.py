@@ -23,12 +23,64 @@ EXTRA_COMMANDS: Dict[str, str] = {
     "export": "crrelu_lightning.export:main",
 }
 
+# Imported before parsing so short class names resolve (`--model ImageClassifier`, `--data CIFAR10DataModule`,
+# `--trainer.callbacks+=EAFOCallback`) and `--model.help` / `--data.help` list them.
+PROJECT_MODULES = (
+    "crrelu_lightning.models.vision",
+    "crrelu_lightning.models.language",
+    "crrelu_lightning.models.dpo",
+    "crrelu_lightning.data.vision",
+    "crrelu_lightning.data.text",
+    "crrelu_lightning.data.preference",
+    "crrelu_lightning.callbacks.activation_params",
+    "crrelu_lightning.callbacks.entropy_monitor",
+    "crrelu_lightning.callbacks.eafo",
+    "crrelu_lightning.callbacks.prediction_writer",
+    "crrelu_lightning.models.optim",
+)
+
+# Datamodule attributes the model receives (LightningCLI link_arguments, after the datamodule is built).
+DATA_TO_MODEL = ("num_classes", "img_size", "in_chans", "class_names")
+
 TRAINER_DEFAULTS = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "lightning_logs", "name": "default"},
     },
 }
+
+
+def _inject_optimizers(config) -> None:
+    """Move a given top-level ``optimizer`` / ``lr_scheduler`` into ``model.init_args`` (in place).
+
+    The saved ``config.yaml`` and the checkpoint's hparams then hold them where the model reads them.
+    """
+    import inspect
+
+    from jsonargparse import Namespace
+
+    for key in ("optimizer", "lr_scheduler"):
+        value = config.get(key)
+        if value is None:
+            continue
+        model = config.get("model")
+        class_path = model.get("class_path") if isinstance(model, Namespace) else None
+        cls = _import_class(class_path) if class_path else None
+        if cls is None or key not in inspect.signature(cls.__init__).parameters:
+            raise SystemExit(
+                f"--{key} was given but the model {class_path or '?'} has no `{key}` argument to receive it; "
+                f"set the model's own optimizer options (see `--model.help {class_path}`)"
+            )
+        model.init_args[key] = value
+        config[key] = None
+
+
+def _import_class(path: str):
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _load(target: str) -> Callable[[List[str]], int]:
@@ -38,6 +90,8 @@ def _load(target: str) -> Callable[[List[str]], int]:
 
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
     class CRReLUCLI(LightningCLI):
         """LightningCLI with the project's defaults (TensorBoard logger, config saved with the run), atomic
@@ -91,6 +145,24 @@ def _make_cli_class():
                     remove_failed_empty_run(log_dir, existed)
                 raise
 
+        def add_arguments_to_parser(self, parser) -> None:
+            # Top-level --optimizer / --lr_scheduler as in plain LightningCLI, but handed to the model's own
+            # OptimizerCallable / LRSchedulerCallable arguments (see _inject_optimizers), so the module keeps
+            # its parameter groups instead of Lightning's automatic `optimizer(self.parameters())`.
+            kwargs = dict(instantiate=False, fail_untyped=False, required=False)
+            parser.add_subclass_arguments((Optimizer,), "optimizer", skip={"params"}, **kwargs)
+            parser.add_subclass_arguments((LRScheduler, ReduceLROnPlateau), "lr_scheduler", skip={"optimizer"}, **kwargs)
+            for key in DATA_TO_MODEL:
+                parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+            # In every run, whatever the config: the learnable activation parameters (ε …) per layer.
+            from crrelu_lightning.callbacks.activation_params import ActivationParameterLogger
+
+            parser.add_lightning_class_args(ActivationParameterLogger, "activation_params")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            _inject_optimizers(config)
+
     return CRReLUCLI
 
 
@@ -99,6 +171,9 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True):
     from lightning.pytorch import LightningDataModule, LightningModule
 
     import crrelu_lightning.activations  # noqa: F401  (registry populated before configs are parsed)
+
+    for module in PROJECT_MODULES:
+        importlib.import_module(module)
 
     cli_class = _make_cli_class()
     return cli_class(

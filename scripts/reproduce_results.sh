@@ -14,9 +14,9 @@ $C --config configs/demo.yaml --out $OUT/fmnist --test --max-steps 430 \
    --activations gelu,relu,prelu,elu,celu,silu,mish,star_relu,crrelu,crgelu -- --trainer.max_epochs=-1
 
 # 2. EAFO on the same budget: CRReLU + EAFOCallback in step and regularize modes (GELU and CRReLU rows come from 1).
-$C --config configs/demo_eafo.yaml --out $OUT/fmnist_eafo_step --test --max-steps 430 \
+$C --config configs/demo.yaml --config configs/demo_eafo.yaml --out $OUT/fmnist_eafo_step --test --max-steps 430 \
    --activations crrelu_eafo_step=crrelu -- --trainer.max_epochs=-1
-$C --config configs/demo_eafo_regularize.yaml --out $OUT/fmnist_eafo_reg --test --max-steps 430 \
+$C --config configs/demo.yaml --config configs/demo_eafo_regularize.yaml --out $OUT/fmnist_eafo_reg --test --max-steps 430 \
    --activations crrelu_eafo_reg=crrelu -- --trainer.max_epochs=-1
 
 # 3. Shakespeare character-level GPT, GELU vs CRReLU, 300 steps.

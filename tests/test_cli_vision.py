@@ -63,11 +63,12 @@ def _config(tmp_path: Path, ckpt_dir: Path, every_n_train_steps=None) -> Path:
             "class_path": "crrelu_lightning.models.vision.ImageClassifier",
             "init_args": {
                 "model_name": "vit_fmnist",
-                "model_kwargs": {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2,
-                                 "num_heads": 2, "num_classes": 4},
-                "activation": "crrelu", "lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.0,
+                "model_kwargs": {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2},
+                "activation": "crrelu",
             },
         },
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2, "weight_decay": 0.0}},
+        "lr_scheduler": {"class_path": "crrelu_lightning.models.optim.WarmupCosineLR", "init_args": {"warmup_steps": 2}},
         "data": {
             "class_path": "crrelu_lightning.data.vision.SyntheticImageDataModule",
             "init_args": {"num_train": 256, "num_test": 32, "batch_size": 32, "noise": 0.1},

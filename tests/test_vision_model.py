@@ -1,9 +1,12 @@
 """ImageClassifier: activation replacement in every MLP block, name checks, optimizer, steps, checkpoints."""
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from crrelu_lightning.activations import CRActivation, CRReLU, activation_class
+from crrelu_lightning.models.optim import WarmupCosineLR
 from crrelu_lightning.models.vision import ImageClassifier, mlp_blocks
 
 TINY_VIT = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=3, num_heads=2, num_classes=4)
@@ -67,10 +70,24 @@ def test_unknown_activation_lists_registered_names():
     assert "crreluu" in str(err.value) and "crrelu" in str(err.value) and "gelu" in str(err.value)
 
 
-@pytest.mark.parametrize("kw,bad", [({"lr": 0}, "lr"), ({"min_lr": 1.0}, "min_lr"), ({"label_smoothing": 1.0}, "label_smoothing")])
+@pytest.mark.parametrize("kw,bad", [
+    ({"label_smoothing": 1.0}, "label_smoothing"), ({"mixup_alpha": -1.0}, "mixup_alpha"),
+    ({"num_classes": 3, "class_names": ["a", "b"]}, "class_names"),
+    # the datamodule's num_classes (linked by the CLI) against a stale model_kwargs entry: fail now, not in the loss
+    ({"num_classes": 6}, "contradicts"),
+])
 def test_bad_hyperparameters_name_the_value(kw, bad):
     with pytest.raises(ValueError, match=bad):
         ImageClassifier("vit_fmnist", dict(TINY_VIT), **kw)
+
+
+def test_shape_arguments_reach_the_timm_model():
+    kw = {k: v for k, v in TINY_VIT.items() if k not in ("num_classes", "img_size", "in_chans")}
+    m = ImageClassifier("vit_fmnist", kw, num_classes=3, img_size=8, in_chans=2, drop_path_rate=0.2,
+                        class_names=["a", "b", "c"])
+    assert m(torch.randn(2, 2, 8, 8)).shape == (2, 3)
+    assert m.model.patch_embed.img_size == (8, 8) and m.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+    assert m.hparams.class_names == ["a", "b", "c"]
 
 
 def test_activation_kwargs_reach_every_block():
@@ -112,14 +129,35 @@ def _quiet_trainer(**kw):
 def test_training_learns_and_follows_schedule():
     from crrelu_lightning.data.vision import SyntheticImageDataModule
 
-    m = ImageClassifier("vit_fmnist", dict(TINY_VIT), lr=3e-3, warmup_steps=2, label_smoothing=0.1)
+    m = ImageClassifier("vit_fmnist", dict(TINY_VIT), label_smoothing=0.1,
+                        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3),
+                        lr_scheduler=functools.partial(WarmupCosineLR, warmup_steps=2, min_lr=2e-5))
     dm = SyntheticImageDataModule(batch_size=32, num_train=256, noise=0.1)
     trainer = _quiet_trainer(max_epochs=3)
     trainer.fit(m, dm)
     res = trainer.validate(m, dm, verbose=False)[0]
     assert res["val/acc"] > 0.9  # 4 well-separated classes; chance is 0.25
-    # LR followed the per-step schedule down to min_lr at the last step
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(m.hparams.min_lr, rel=1e-6)
+    # LR followed the per-step schedule down to min_lr at the last of the 3 x 8 steps
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-5, rel=1e-6)
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    # Python callables are not pickled into the checkpoint's hparams
+    assert "optimizer" not in m.hparams and "lr_scheduler" not in m.hparams
+
+
+def test_default_optimizer_is_the_recipe_adamw_with_no_decay_group():
+    from lightning.pytorch import Trainer
+
+    from crrelu_lightning.data.vision import SyntheticImageDataModule
+
+    m = ImageClassifier("vit_fmnist", dict(TINY_VIT))
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(m, SyntheticImageDataModule(batch_size=32))
+    opt = trainer.optimizers[0]
+    assert type(opt) is torch.optim.AdamW and opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.999)
+    eps_ids = {id(b.act.eps) for b in mlp_blocks(m.model)}
+    decays = {g["weight_decay"] for g in opt.param_groups for p in g["params"] if id(p) in eps_ids}
+    assert decays == {0.0} and {g["weight_decay"] for g in opt.param_groups} == {0.05, 0.0}
 
 
 def test_mixup_cutmix_step_runs_on_odd_batches():
@@ -143,7 +181,7 @@ def test_predict_step_returns_probabilities():
 def test_epsilon_excluded_from_weight_decay_in_configured_optimizer():
     from crrelu_lightning.models.optim import param_groups
 
-    m = ImageClassifier("vit_fmnist", dict(TINY_VIT), weight_decay=0.1)
+    m = ImageClassifier("vit_fmnist", dict(TINY_VIT))
     groups = param_groups(m, 0.1)
     no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     for blk in mlp_blocks(m.model):

@@ -2,7 +2,7 @@
 
     crrelu-lightning compare --config configs/demo.yaml --activations gelu,crrelu --seeds 0,1,2 \\
         [--out runs/compare/NAME] [--parallel K] [--threads-per-run T] [--max-steps N] [--test] \\
-        [--activation-kwargs 'crrelu:{"eps": 0.05}'] [--extra=--trainer.max_epochs=3 ...] [-- EXTRA ARGS]
+        [--activation-kwargs 'crrelu:{"eps_init": 0.05}'] [--extra=--trainer.max_epochs=3 ...] [-- EXTRA ARGS]
 
 Rerunning the same command resumes: finished runs are skipped, unfinished ones restart from their
 latest checkpoint. Exit code 0 when every run succeeded, 1 when some failed (the report is written anyway),
@@ -33,7 +33,9 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crrelu-lightning compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--config", type=Path, help="the fit config shared by every run (required)")
+    p.add_argument("--config", type=Path, action="append",
+                   help="the fit config shared by every run (required); repeat to compose overlays, as for fit "
+                        "(e.g. --config configs/demo.yaml --config configs/demo_eafo.yaml)")
     p.add_argument("--activations",
                    help="comma-separated registry names; LABEL=NAME gives a row its own label "
                         "(e.g. crrelu_e05=crrelu with --activation-kwargs crrelu_e05:{...})")
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", action="append", default=[],
                    help="extra fit/test arguments, e.g. --extra=--trainer.max_epochs=3 (repeatable; shell-split)")
     p.add_argument("--activation-kwargs", action="append", default=[], metavar="LABEL:JSON",
-                   help='keyword arguments for one activation, e.g. \'crrelu:{"eps": 0.05}\' (repeatable)')
+                   help='keyword arguments for one activation, e.g. \'crrelu:{"eps_init": 0.05}\' (repeatable)')
     p.add_argument("--metric", help="validation tag to rank by (default: a val*acc* tag, else val*loss*)")
     p.add_argument("--mode", choices=("min", "max"), help="whether --metric is better low or high")
     p.add_argument("--baseline", metavar="LABEL[,LABEL]",
@@ -152,9 +154,13 @@ def parse_kwargs(items: List[str], labels: List[str]) -> Dict[str, Dict[str, Any
 
 
 def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands.Settings:
-    config = a.config.expanduser().resolve()
-    if not config.is_file():
-        raise ValueError(f"--config {a.config} does not exist (looked at {config})")
+    configs = [c.expanduser().resolve() for c in a.config]
+    for given, config in zip(a.config, configs):
+        if not config.is_file():
+            raise ValueError(f"--config {given} does not exist (looked at {config})")
+    # The first config is the base; overlays (e.g. an EAFO callback appended with `callbacks+:`) go to every
+    # fit/test command after the runner's own trainer overrides, like extra arguments.
+    config, overlays = configs[0], [f"--config={c}" for c in configs[1:]]
     try:
         commands.config_callbacks(config)
     except Exception as exc:  # unreadable YAML: say so before any run starts
@@ -163,9 +169,9 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands
                         ("--max-steps", a.max_steps), ("--run-timeout", a.run_timeout)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    extra = [x for e in a.extra for x in shlex.split(e)] + extra_tail
+    extra = overlays + [x for e in a.extra for x in shlex.split(e)] + extra_tail
     return commands.Settings(
-        config=config, out=(a.out or Path("runs/compare") / config.stem).expanduser().resolve(),
+        config=config, out=(a.out or Path("runs/compare") / "+".join(c.stem for c in configs)).expanduser().resolve(),
         parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
         test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()], retry_failed=a.retry_failed,

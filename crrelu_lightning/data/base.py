@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from crrelu_lightning.data.transforms import batch_crop_flip, check_augment, paper_train_transform
+from crrelu_lightning.data.transforms import Augment, batch_crop_flip, check_augment, paper_train_transform
 
 
 def _passthrough(batch):
@@ -79,6 +79,9 @@ class ArrayImageDataset(Dataset):
 class VisionDataModule(LightningDataModule):
     """Base class: train/val/test/predict loaders, validation split, augmentation switch.
 
+    Subclasses set ``num_classes``, ``img_size``, ``in_chans`` and, where known, ``class_names`` (class
+    attributes or set in ``__init__``): LightningCLI links them into the model before it is built.
+
     Args:
         root: dataset folder. batch_size: per-device training batch; eval_batch_size defaults to it.
         val_split: fraction (< 1) or count (>= 1) of the training set held out for validation;
@@ -89,7 +92,11 @@ class VisionDataModule(LightningDataModule):
 
     mean: Sequence[float] = (0.5,)
     std: Sequence[float] = (0.5,)
-    num_classes: int = 0
+    # What the model needs to know about the data; the CLI links these into the model (None: not known).
+    num_classes: Optional[int] = None
+    img_size: Optional[int] = None
+    in_chans: Optional[int] = None
+    class_names: Optional[List[str]] = None
     fetch_hint: str = ""
 
     def __init__(
@@ -98,7 +105,7 @@ class VisionDataModule(LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         val_split: Union[float, int] = 0.0,
-        augment: str = "basic",
+        augment: Augment = "basic",
         crop_padding: int = 4,
         num_workers: int = 0,
         pin_memory: bool = False,

@@ -9,7 +9,7 @@ unpickler (``data/safe_pickle.py``): a crafted file cannot run code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,8 +57,12 @@ def read_cifar_batches(files: List[Path], label_key: str) -> Tuple[torch.Tensor,
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
 class _CIFARBase(VisionDataModule):
     mean, std = CIFAR_MEAN, CIFAR_STD
+    img_size, in_chans = 32, 3
     folder = ""
     train_files: Tuple[str, ...] = ()
     test_files: Tuple[str, ...] = ()
@@ -102,6 +106,7 @@ class CIFAR10DataModule(_CIFARBase):
     """CIFAR-10 (50k/10k, 32×32 RGB, 10 classes) from ``ROOT/cifar-10-batches-py``."""
 
     num_classes = 10
+    class_names = CIFAR10_CLASSES
     folder = "cifar-10-batches-py"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
@@ -116,3 +121,15 @@ class CIFAR100DataModule(_CIFARBase):
     train_files = ("train",)
     test_files = ("test",)
     label_key = "fine_labels"
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        """The 100 fine label names from ``cifar-100-python/meta`` (None until the data is there)."""
+        meta = self.root / self.folder / "meta"
+        if not meta.is_file():
+            return None
+        with open(meta, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")  # written by Python 2: keys and names are bytes
+        names = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}.get("fine_label_names") or []
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        return names if len(names) == self.num_classes else None

@@ -5,7 +5,8 @@ Training: ``none`` = evaluation transform, ``basic`` = RandomResizedCrop + flip,
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 from torch.utils.data import Dataset
 
@@ -16,8 +17,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def folder_classes(path: Path) -> List[str]:
+    """Sorted sub-folder names of ``path``: the classes ``torchvision.datasets.ImageFolder`` would find."""
+    return sorted(e.name for e in path.iterdir() if e.is_dir() and not e.name.startswith("."))
+
+
 class ImageFolderDataModule(VisionDataModule):
-    """Datamodule over ``torchvision.datasets.ImageFolder`` trees (test split defaults to ``val_dir``)."""
+    """Datamodule over ``torchvision.datasets.ImageFolder`` trees (test split defaults to ``val_dir``).
+
+    ``num_classes`` and ``class_names`` come from the training folder's sub-folders, read when first asked
+    for, so the CLI can hand them to the model before it is built (and the names reach the checkpoint).
+    """
+
+    in_chans = 3
 
     def __init__(
         self,
@@ -37,6 +49,7 @@ class ImageFolderDataModule(VisionDataModule):
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir or val_dir
         self.img_size, self.crop_pct = img_size, crop_pct
         self.mean, self.std = tuple(mean), tuple(std)
+        self._class_names: Optional[List[str]] = None
         self.fetch_hint = f"point `root` at a folder holding {train_dir}/<class>/... and {val_dir}/<class>/..."
 
     def _folder(self, sub: str, transform):
@@ -46,8 +59,27 @@ class ImageFolderDataModule(VisionDataModule):
         if not path.is_dir():
             raise self.missing_root_error(path)
         ds = ImageFolder(str(path), transform=transform)
-        self.num_classes = len(ds.classes)
+        if ds.classes != self.class_names:
+            raise ValueError(
+                f"{path} has classes {ds.classes[:5]}... ({len(ds.classes)}) but {self.root / self.train_dir} has "
+                f"{len(self.class_names)}: every split needs the same class folders"
+            )
         return ds
+
+    @property
+    def class_names(self) -> List[str]:
+        if self._class_names is None:
+            path = self.root / self.train_dir
+            if not path.is_dir():
+                raise self.missing_root_error(path)
+            self._class_names = folder_classes(path)
+            if not self._class_names:
+                raise ValueError(f"{path} has no class sub-folders; expected {path}/<class>/<image files>")
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def eval_transform(self):
         from torchvision import transforms as T

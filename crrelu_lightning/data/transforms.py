@@ -9,12 +9,19 @@ RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (PAPER_RECIPE.md).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "basic", "paper")
+try:
+    from typing import Literal
+except ImportError:  # pragma: no cover  (Python < 3.8)
+    from typing_extensions import Literal
+
+# A Literal so LightningCLI rejects a typo at parse time and lists the choices.
+Augment = Literal["none", "basic", "paper"]
+AUGMENTS = get_args(Augment)
 
 
 def check_augment(augment: str) -> str:

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset
 
 from crrelu_lightning.data.base import ArrayImageDataset, VisionDataModule
+from crrelu_lightning.data.transforms import Augment
 from crrelu_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from crrelu_lightning.data.idx import read_idx
 from crrelu_lightning.data.imagefolder import ImageFolderDataModule
@@ -29,7 +30,7 @@ class SyntheticImageDataModule(VisionDataModule):
         img_size: int = 16,
         in_chans: int = 1,
         noise: float = 0.2,
-        augment: str = "none",
+        augment: Augment = "none",
         **kwargs,
     ) -> None:
         # `augment` is explicit (not kwargs.setdefault) so LightningCLI shows and passes this default.
@@ -37,6 +38,7 @@ class SyntheticImageDataModule(VisionDataModule):
         self.num_train, self.num_test, self.num_classes = num_train, num_test, num_classes
         self.img_size, self.in_chans, self.noise = img_size, in_chans, noise
         self.mean, self.std = (0.5,) * in_chans, (0.25,) * in_chans
+        self.class_names = [f"class{k}" for k in range(num_classes)]
 
     def _make(self, n: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed)
@@ -70,7 +72,8 @@ class FashionMNISTDataModule(VisionDataModule):
 
     mean = (0.2860,)
     std = (0.3530,)
-    num_classes = 10
+    num_classes, img_size, in_chans = 10, 28, 1
+    class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
     def __init__(self, root: str = "data", use_system_package: bool = True, **kwargs) -> None:
         super().__init__(root=root, **kwargs)

@@ -1,18 +1,19 @@
 """``ImageClassifier``: a timm model whose MLP activations come from the activation registry.
 
 Training loss: cross-entropy with optional label smoothing and mixup/cutmix (timm ``Mixup``, soft targets).
-Optimizer: AdamW on ``param_groups`` (no decay for ndim < 2: biases, norm weights, CR's ε); LR follows
-``warmup_cosine_lambda`` stepped every optimizer step::
+Optimizer: any ``OptimizerCallable`` over ``param_groups`` (no decay for ndim < 2: biases, norm weights,
+CR's ε); default AdamW and ``WarmupCosineLR`` stepped every optimizer step (docs/vision.md)::
 
     lr(step) = lr · m(step),   m = linear warm-up to 1, then cosine down to min_lr / lr
 
-Hyperparameters are plain names and dicts (activation by registry name), so checkpoints load with
-``torch.load(weights_only=True)`` and ``ImageClassifier.load_from_checkpoint``.
+Hyperparameters are plain names and dicts (activation by registry name; optimizer and scheduler as the CLI's
+``class_path``/``init_args``), so checkpoints load with ``torch.load(weights_only=True)`` and
+``ImageClassifier.load_from_checkpoint``.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -22,8 +23,38 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import crrelu_lightning.models.presets  # noqa: F401  (registers the small-image presets with timm)
-from crrelu_lightning.activations import activation_class, available_activations, get_activation
-from crrelu_lightning.models.optim import param_groups, warmup_cosine_lambda
+from crrelu_lightning.activations import activation_class, get_activation
+from crrelu_lightning.models.optim import (
+    LRSchedulerCallable,
+    OptimizerCallable,
+    WarmupCosineLR,
+    configure_optimization,
+    param_groups,
+    unsaved_callables,
+)
+
+
+def default_schedule(optimizer: torch.optim.Optimizer) -> WarmupCosineLR:
+    """The recipes' schedule when none is configured: no warm-up, cosine to 1e-5 over the run."""
+    return WarmupCosineLR(optimizer, min_lr=1e-5)
+
+
+def merge_shape_kwargs(model_kwargs: Dict[str, Any], shape: Dict[str, Any]) -> Dict[str, Any]:
+    """The typed shape arguments (``num_classes`` … from the datamodule) to add to ``model_kwargs``.
+
+    A key given both ways with different values is an error now, not a ``Target 6 is out of bounds`` later.
+    """
+    out = {}
+    for key, value in shape.items():
+        if value is None:
+            continue
+        if key in model_kwargs and model_kwargs[key] != value:
+            raise ValueError(
+                f"model_kwargs[{key!r}]={model_kwargs[key]!r} contradicts {key}={value!r} (the datamodule's value "
+                f"when run from the CLI); drop {key} from model_kwargs"
+            )
+        out[key] = value
+    return out
 
 
 def check_model_name(name: str) -> None:
@@ -61,12 +92,18 @@ class ImageClassifier(LightningModule):
 
     Args:
         model_name: timm model name (``timm.list_models()``) or a project preset (e.g. ``vit_fmnist``).
-        model_kwargs: passed to ``timm.create_model`` (img_size, patch_size, in_chans, num_classes, drop_path_rate…).
+        model_kwargs: any other ``timm.create_model`` keyword (patch_size, depth …). On the command line
+            ``--model.model_kwargs.KEY VALUE`` changes one key and keeps the rest.
         activation: registry name (``available_activations()``), e.g. ``crrelu``, ``gelu``.
-        activation_kwargs: constructor kwargs of the activation (e.g. ``{"eps": 0.01}``).
-        lr: peak learning rate; min_lr: floor of the cosine. warmup_steps / warmup_epochs: linear warm-up length
-            (epochs are converted with the trainer's steps per epoch; the larger of the two wins).
-        weight_decay, betas: AdamW settings (decay only on matrices).
+        activation_kwargs: constructor kwargs of the activation (e.g. ``{"eps_init": 0.01}``).
+        num_classes, img_size, in_chans: the data's shape. The CLI links them from the datamodule
+            (``data.num_classes`` …), so configs never repeat them; ``None`` keeps the timm model's default.
+        class_names: label names (linked from the datamodule where known); stored in hparams and the checkpoint,
+            used by ``PredictionWriter``.
+        drop_path_rate: stochastic depth (``None``: the timm default).
+        optimizer: ``OptimizerCallable`` (``--optimizer SGD --optimizer.lr 0.1``), called on ``param_groups``
+            so ε, norms and biases are never decayed. ``None``: AdamW(lr 1e-3, betas (0.9, 0.999), wd 0.05).
+        lr_scheduler: ``LRSchedulerCallable``. ``None``: ``WarmupCosineLR(min_lr=1e-5)`` stepped every step.
         label_smoothing: cross-entropy smoothing. mixup_alpha / cutmix_alpha: > 0 enables timm ``Mixup``.
         compile: ``torch.compile`` the timm network in place (``nn.Module.compile``: parameter names and
             checkpoints unchanged); losses and torchmetrics stay eager. CR activations compile without graph breaks.
@@ -78,12 +115,13 @@ class ImageClassifier(LightningModule):
         model_kwargs: Optional[Dict[str, Any]] = None,
         activation: str = "crrelu",
         activation_kwargs: Optional[Dict[str, Any]] = None,
-        lr: float = 1e-3,
-        min_lr: float = 1e-5,
-        weight_decay: float = 0.05,
-        betas: Tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        warmup_epochs: float = 0.0,
+        num_classes: Optional[int] = None,
+        img_size: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        class_names: Optional[List[str]] = None,
+        drop_path_rate: Optional[float] = None,
+        optimizer: Optional[OptimizerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -93,18 +131,20 @@ class ImageClassifier(LightningModule):
         super().__init__()
         model_kwargs = dict(model_kwargs or {})
         activation_kwargs = dict(activation_kwargs or {})
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not 0 <= min_lr <= lr:
-            raise ValueError(f"min_lr must be in [0, lr={lr}], got {min_lr}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha/cutmix_alpha must be >= 0, got {mixup_alpha}/{cutmix_alpha}")
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        shape = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans, "drop_path_rate": drop_path_rate}
+        model_kwargs.update(merge_shape_kwargs(model_kwargs, shape))
         # Fail before any model is built, with the valid names in the message.
         check_model_name(model_name)
         activation_class(activation)  # KeyError listing every registered activation
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=unsaved_callables(optimizer=optimizer, lr_scheduler=lr_scheduler))
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.class_names = list(class_names) if class_names is not None else None
 
         act_factory = get_activation(activation, **activation_kwargs)
         try:
@@ -174,12 +214,4 @@ class ImageClassifier(LightningModule):
         return torch.softmax(self(x).float(), dim=-1)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup_steps)
-        if hp.warmup_epochs > 0:
-            epochs = max(1, self.trainer.max_epochs or 1)
-            warmup = max(warmup, int(round(hp.warmup_epochs * total / epochs)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_lambda(min(warmup, total), total, hp.min_lr / hp.lr))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return configure_optimization(self, param_groups(self), self.optimizer, self.lr_scheduler or default_schedule)
