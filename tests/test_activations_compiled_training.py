@@ -3,6 +3,7 @@ EAFO callbacks still collect and update on the compiled network (same ε as the 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 
 import pytest
@@ -22,7 +23,8 @@ TINY = {"img_size": 16, "patch_size": 8, "in_chans": 1, "embed_dim": 16, "depth"
 def _train(tmp_path, compile: bool):
     seed_everything(0)
     model = ImageClassifier(model_name="vit_fmnist", model_kwargs=TINY, activation="crrelu",
-                            activation_kwargs={"eps_init": 0.05, "learnable": False}, lr=1e-2, compile=compile)
+                            activation_kwargs={"eps_init": 0.05, "learnable": False}, compile=compile,
+                            optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
     data = SyntheticImageDataModule(num_train=64, num_test=16, batch_size=16, noise=0.1)
     callbacks = [
         ActivationEntropyMonitor(every_n_steps=1, max_samples_per_call=512, log_histograms_every_n_steps=None,

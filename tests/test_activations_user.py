@@ -63,9 +63,10 @@ def _tiny_config(tmp_path: Path) -> Path:
                 "model_name": "vit_fmnist",
                 "model_kwargs": {"img_size": 16, "patch_size": 8, "in_chans": 1, "embed_dim": 16, "depth": 1,
                                  "num_heads": 2, "num_classes": 4},
-                "activation": "crrelu", "lr": 1e-2, "weight_decay": 0.0,
+                "activation": "crrelu",
             },
         },
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2, "weight_decay": 0.0}},
         "data": {
             "class_path": "crrelu_lightning.data.vision.SyntheticImageDataModule",
             "init_args": {"num_train": 64, "num_test": 16, "batch_size": 16, "noise": 0.1},
