@@ -31,9 +31,11 @@ def tiny_config(tmp_path: Path, every_n_train_steps: Optional[int] = None, data:
                 "model_name": "vit_fmnist",
                 "model_kwargs": {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2,
                                  "num_heads": 2, "num_classes": 4},
-                "activation": "crrelu", "lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.0,
+                "activation": "crrelu",
             },
         },
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2, "weight_decay": 0.0}},
+        "lr_scheduler": {"class_path": "crrelu_lightning.models.optim.WarmupCosineLR", "init_args": {"warmup_steps": 2}},
         "data": data or {
             "class_path": "crrelu_lightning.data.vision.SyntheticImageDataModule",
             "init_args": {"num_train": 256, "num_test": 32, "batch_size": 32, "noise": 0.1},

@@ -5,7 +5,6 @@ import torch
 
 from crrelu_lightning.checkpointing import AtomicCheckpointIO, DamagedCheckpointError, load_checkpoint_file
 from crrelu_lightning.cli import cli_main
-from test_vision_data import write_fashion_mnist
 from reliability_configs import STEPS_PER_EPOCH, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -65,13 +64,16 @@ def test_run_failing_before_first_step_leaves_no_version_folder(tmp_path, monkey
 
     if keep:  # control: without the cleanup the failed run does leave a folder behind
         monkeypatch.setattr(run_folders, "remove_failed_empty_run", lambda *args: None)
-    # 28x28 images into a model built for 16x16: the first training step fails, after the run folder
-    # (config.yaml, hparams, event file) was written.
-    write_fashion_mnist(tmp_path / "fmnist", n_train=40, n_test=8)
-    data = {"class_path": "crrelu_lightning.data.vision.FashionMNISTDataModule",
-            "init_args": {"root": str(tmp_path / "fmnist"), "use_system_package": False, "batch_size": 8,
-                          "val_split": 8, "augment": "none"}}
-    cfg = tiny_config(tmp_path, data=data)
+    # The first training step fails, after the run folder (config.yaml, hparams, event file) was written.
+    # (A data/model shape mismatch no longer gets that far: the CLI links the data's shape into the model.)
+    (tmp_path / "fail_first_step.py").write_text(
+        "from lightning.pytorch import Callback\n\n"
+        "class FailFirstStep(Callback):\n"
+        "    def on_train_batch_start(self, *args):\n"
+        "        raise RuntimeError('step failed: 16 is not 28')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tiny_config(tmp_path, extra_callbacks=[{"class_path": "fail_first_step.FailFirstStep"}])
     with pytest.raises(Exception, match="16"):
         cli_main(["fit", "--config", str(cfg)])
     version = tmp_path / "logs" / "tiny" / "version_0"

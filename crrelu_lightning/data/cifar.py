@@ -128,8 +128,7 @@ class CIFAR100DataModule(_CIFARBase):
         meta = self.root / self.folder / "meta"
         if not meta.is_file():
             return None
-        with open(meta, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")  # written by Python 2: keys and names are bytes
+        d = load_restricted(meta)  # written by Python 2: keys and names are bytes
         names = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}.get("fine_label_names") or []
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         return names if len(names) == self.num_classes else None
