@@ -139,7 +139,9 @@ class EAFOCallback(Callback):
         self._check_bounds()
         self._names = list(self.layers)
         device = trainer.strategy.root_device
-        self._est = BranchSumEstimator([m.base for m in self.layers.values()], self.slope_floor, device=device)
+        # Σx, Σx² only feed the running σ: skip them (half the cost) unless it is tracked.
+        self._est = BranchSumEstimator([m.base for m in self.layers.values()], self.slope_floor, device=device,
+                                       moments=self.track_sigma)
         # Last finite ε per layer and how often a non-finite one was replaced (tensors: no host sync per step).
         self._good_eps = [m.eps.detach().clone() for m in self.layers.values()]
         self._repairs = [torch.zeros((), dtype=torch.int64, device=m.eps.device) for m in self.layers.values()]
@@ -210,7 +212,7 @@ class EAFOCallback(Callback):
     def _reduce(self, trainer: Trainer) -> List[Dict[str, float]]:
         """Sum every layer's integer statistics over all ranks (on all ranks), decode, reset."""
         state = reduce_sum(trainer, self._est.state_tensor())
-        stats = {k: v.cpu().tolist() for k, v in compute_branch_stats(state).items()}
+        stats = {k: v.cpu().tolist() for k, v in compute_branch_stats(state, self.track_sigma).items()}
         self._est.reset()
         return [{k: v[i] for k, v in stats.items()} for i in range(len(self._names))]
 
