@@ -1,8 +1,12 @@
 """Command-line entry point: ``crrelu-lightning`` / ``python -m crrelu_lightning``.
 
 ``fit``/``validate``/``test``/``predict`` go to LightningCLI (models and datamodules are chosen by
-``class_path`` in YAML, any LightningModule / LightningDataModule subclass works). A few extra tools
-are dispatched before LightningCLI parses anything:
+``class_path`` in YAML or a short name such as ``--model ImageClassifier``; any LightningModule /
+LightningDataModule subclass works). Several ``--config`` files merge in order (a base plus overlays);
+``--optimizer`` / ``--lr_scheduler`` fill the model's optimizer arguments; the datamodule's ``num_classes``,
+``img_size``, ``in_chans`` and ``class_names`` are linked into the model; every run logs the activations'
+learnable parameters (``--activation_params.*``). See docs/vision.md. A few extra tools are dispatched
+before LightningCLI parses anything:
 
     crrelu-lightning data fetch NAME     fetch an offline dataset (see ``data --help``)
     crrelu-lightning eafo ...            static EAFO table and plot

@@ -9,15 +9,10 @@ RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (PAPER_RECIPE.md).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, get_args
+from typing import Literal, Optional, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
-
-try:
-    from typing import Literal
-except ImportError:  # pragma: no cover  (Python < 3.8)
-    from typing_extensions import Literal
 
 # A Literal so LightningCLI rejects a typo at parse time and lists the choices.
 Augment = Literal["none", "basic", "paper"]
