@@ -189,8 +189,25 @@ def install_atomic_io(trainer) -> None:
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+def _restore_loader_position(trainer) -> None:
+    """Hand the checkpoint's training-loader state to the loader if Lightning did not.
+
+    Lightning restores loader state when it builds the training loader *after* the checkpoint is read. A model
+    that asks for ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (ours do, for the LR
+    schedule) makes Lightning build the loader earlier, and the saved position is then never applied: the
+    resumed epoch would start again from its first batch. Apply it here and restart the loader's iterator.
+    """
+    fit_loop = trainer.fit_loop
+    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    if states and fit_loop._combined_loader is not None and fit_loop._data_fetcher is not None:
+        fit_loop._combined_loader._load_state_dicts(states)
+        fit_loop._combined_loader_states_to_load = []
+        iter(fit_loop._data_fetcher)
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` + atomic writes + stale temp cleanup + a final save for step-based schedules.
+    """``ModelCheckpoint`` + atomic writes + stale temp cleanup + a final save for step-based schedules, and
+    the saved position of a stateful training loader applied on resume (see ``_restore_loader_position``).
 
     Args are ``ModelCheckpoint``'s. With ``every_n_train_steps`` the final state is also saved when training
     ends between two multiples (Lightning does not allow ``every_n_epochs`` beside it), so ``last.ckpt``
@@ -204,6 +221,21 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             removed = remove_stale_temp_files(self.dirpath)
             if removed:
                 rank_zero_info(f"Removed {len(removed)} partial checkpoint file(s) left by a killed run in {self.dirpath}")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        _restore_loader_position(trainer)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._flush_logs_at_next_step = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The scalars of the step just checkpointed are logged after the save; flush them now, so a kill
+        # later on loses only what the checkpoint does not hold (the resumed run logs it again).
+        if getattr(self, "_flush_logs_at_next_step", False):
+            self._flush_logs_at_next_step = False
+            for logger in trainer.loggers:
+                logger.save()
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)

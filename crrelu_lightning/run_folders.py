@@ -105,6 +105,7 @@ def purge_tensorboard_after(logger: Any, step: int) -> None:
     # The writer is created lazily from `_kwargs`; nothing has been written yet before `fit` starts.
     if isinstance(logger, TensorBoardLogger) and getattr(logger, "_experiment", None) is None:
         logger._kwargs["purge_step"] = int(step)
+        logger._default_hp_metric = False  # its placeholder is logged at step 0, below the purge: not twice
 
 
 def remove_failed_empty_run(log_dir: Optional[str], existed_before: bool) -> Optional[Path]:

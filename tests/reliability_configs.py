@@ -1,9 +1,12 @@
 """A tiny image config for the reliability tests: the shipped layout (TensorBoard logger, best + last
 checkpoints through AtomicModelCheckpoint) around a 2-block ViT on synthetic images."""
+import os
+import signal
 from pathlib import Path
 from typing import Optional
 
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 STEPS_PER_EPOCH = 8  # 256 synthetic images / batch 32
 
@@ -44,3 +47,16 @@ def tiny_config(tmp_path: Path, every_n_train_steps: Optional[int] = None, data:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process when ``global_step`` reaches ``step``, before that batch runs: a preemption at a
+    chosen, reproducible moment (no timing races in the test)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+

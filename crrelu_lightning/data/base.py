@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from crrelu_lightning.data.resumable import ResumableDataLoader, ResumableSampler, sampler_seed
 from crrelu_lightning.data.transforms import Augment, batch_crop_flip, check_augment, paper_train_transform
 
 
@@ -171,11 +172,22 @@ class VisionDataModule(LightningDataModule):
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         batched = isinstance(ds.dataset if isinstance(ds, Subset) else ds, ArrayImageDataset)
+        if train:  # the position inside an epoch goes into the checkpoint (exact mid-epoch resume)
+            return ResumableDataLoader(
+                ds,
+                batch_size=self.batch_size,
+                sampler=ResumableSampler(ds, shuffle=True, seed=sampler_seed(self.seed)),
+                drop_last=len(ds) > self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers,
+                collate_fn=_passthrough if batched else None,
+            )
         return DataLoader(
             ds,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) > self.batch_size,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
