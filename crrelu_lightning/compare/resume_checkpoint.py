@@ -1,9 +1,10 @@
 """The comparison runner's own "latest state" checkpoint callback."""
-from lightning.pytorch.callbacks import ModelCheckpoint
+from crrelu_lightning.checkpointing import AtomicModelCheckpoint
 
 
-class ResumeCheckpoint(ModelCheckpoint):
-    """A ``ModelCheckpoint`` that always keeps the latest state (``monitor=None``).
+class ResumeCheckpoint(AtomicModelCheckpoint):
+    """An ``AtomicModelCheckpoint`` (atomic writes, docs/reliability.md) that always keeps the latest state
+    (``monitor=None``).
 
     A subclass only so its ``state_key`` (which starts with the class name) differs from an unmonitored
     ``ModelCheckpoint`` the config may already have; Lightning refuses two callbacks with the same key.
