@@ -108,11 +108,13 @@ def _make_cli_class():
             # LightningCLI reads the checkpoint's hyperparameters here, first of all: resolve `last`, pin the
             # run folder and check the file now, so a damaged file gets our error, not a bare EOFError.
             from crrelu_lightning.checkpointing import load_checkpoint_file
-            from crrelu_lightning.run_folders import pin_resumed_version
+            from crrelu_lightning.run_folders import pin_resumed_version, resolve_last
 
             sub = self.config.get("subcommand")
             if sub == "fit":
                 self._resume_from = pin_resumed_version(self.config["fit"])
+            elif sub in ("validate", "test", "predict"):
+                resolve_last(self.config[sub])
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
             if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
                 load_checkpoint_file(ckpt_path, mmap=True)

@@ -71,6 +71,15 @@ def version_of(ckpt: Path, run_root: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def resolve_last(cfg: Any) -> None:
+    """``validate``/``test``/``predict --ckpt_path last``: the newest ``last*.ckpt`` of the configured logger."""
+    init_args = _logger_init_args(_get(cfg, "trainer"))
+    if _get(cfg, "ckpt_path") == "last" and init_args is not None:
+        found = newest_last_checkpoint(_run_root(init_args))
+        if found is not None:
+            cfg.ckpt_path = str(found)
+
+
 def pin_resumed_version(fit_cfg: Any) -> Optional[Path]:
     """Point ``ckpt_path`` ``last`` at a real file and pin the logger's version to the checkpoint's folder.
 

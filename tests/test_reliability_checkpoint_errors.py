@@ -40,10 +40,12 @@ def test_damaged_checkpoint_error_names_file_and_lists_the_others(trained_run, d
         bad.unlink()
 
 
-def test_good_checkpoint_still_loads_and_resume_continues(trained_run):
+def test_good_checkpoint_loads_and_validate_last_finds_it(trained_run):
     tmp_path, cfg, folder = trained_run
     ckpt = load_checkpoint_file(folder / "last.ckpt")
     assert ckpt["global_step"] == STEPS_PER_EPOCH and "state_dict" in ckpt
+    cli = cli_main(["validate", "--config", str(cfg), "--ckpt_path", "last"])
+    assert cli.trainer.ckpt_path == str(folder / "last.ckpt")
 
 
 def test_pickled_code_in_a_checkpoint_is_refused_not_called_damaged(tmp_path):
