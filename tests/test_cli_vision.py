@@ -113,7 +113,7 @@ def test_fit_checkpoints_then_validate_test_predict_and_resume(tmp_path, helpers
     # The trained weights were loaded: the same accuracy as the fit's final validation, well above chance (0.25).
     assert cli.trainer.callback_metrics["val/acc"] == fitted.trainer.callback_metrics["val/acc"] >= 0.5
     cli = cli_main(["test", "--config", cfg, "--ckpt_path", str(best[0])])
-    assert cli.trainer.callback_metrics["test/acc"] > 0.5
+    assert cli.trainer.callback_metrics["test/acc"] >= 0.5  # twice chance
     cli = cli_main(["predict", "--config", cfg, "--ckpt_path", str(last)])
     probs = torch.cat(cli.trainer.predict_loop.predictions)
     assert probs.shape == (32, 4)
