@@ -14,7 +14,7 @@ warnings are the shared plumbing of ``crrelu_lightning.callbacks._collection``.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -32,7 +32,8 @@ from crrelu_lightning.callbacks._collection import (
 from crrelu_lightning.entropy.branch_estimator import BranchSumEstimator, compute_branch_stats
 from crrelu_lightning.entropy.cr_branch import monotone_eps_interval
 
-_MODES = ("step", "regularize")
+EAFOMode = Literal["step", "regularize"]  # a Literal: a typo fails when the CLI parses the config
+_MODES = get_args(EAFOMode)
 
 
 def _snap_sigma(sigma: float) -> float:
@@ -73,7 +74,7 @@ class EAFOCallback(Callback):
 
     def __init__(
         self,
-        mode: str = "step",
+        mode: EAFOMode = "step",
         lr: float = 0.01,
         lam: float = 0.01,
         eps_bounds: Sequence[float] = (-0.9, 2.0),

@@ -80,6 +80,11 @@ def test_literal_typo_fails_at_parse_time_listing_the_choices(tmp_path, monkeypa
     assert done.value.code not in (0, None)
     err = capsys.readouterr().err
     assert "basik" in err and all(choice in err for choice in ("'none'", "'basic'", "'paper'"))
+    with pytest.raises(SystemExit) as done:  # a callback's choice, given by short name on the command line
+        cli_main(["fit", "--config", DEMO, "--trainer.callbacks+=EAFOCallback", "--trainer.callbacks.mode=stepp"])
+    assert done.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "stepp" in err and "'step'" in err and "'regularize'" in err
 
 
 def test_short_class_names_resolve_and_data_links_into_the_model(tmp_path, monkeypatch):
@@ -120,3 +125,23 @@ def test_model_kwargs_replacement_keeps_the_recipe_and_key_form_merges(tmp_path,
                                      "--model.model_kwargs.depth", "1"], run=False)
     assert cli.model.hparams.model_kwargs == {"depth": 1, "embed_dim": 48, "num_heads": 2}
     assert len(cli.model.model.blocks) == 1 and cli.model.model.embed_dim == 48
+
+
+def test_compare_composes_an_eafo_overlay_into_every_run(tmp_path, monkeypatch, capsys):
+    from crrelu_lightning.compare import commands
+    from crrelu_lightning.compare.cli import prepare
+
+    monkeypatch.chdir(tmp_path)
+    plan = prepare(["--config", DEMO, "--config", str(REPO / "configs" / "demo_eafo.yaml"), "--activations",
+                    "crrelu", "--seeds", "0", "--out", str(tmp_path / "cmp")])
+    argv = commands.cli_args(plan.settings, plan.specs[0], "fit")
+    with pytest.raises(SystemExit):
+        cli_main(argv + ["--print_config"])
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    names = [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"]["callbacks"]]
+    assert "EAFOCallback" in names and "ActivationEntropyMonitor" in names  # overlay appended, base kept
+    dirs = {c["init_args"]["dirpath"] for c in cfg["trainer"]["callbacks"] if "Checkpoint" in c["class_path"]}
+    assert dirs and all(d.startswith(str(plan.specs[0].run_dir)) for d in dirs)  # the runner's own folders
+    assert plan.settings.out == tmp_path / "cmp"
