@@ -180,15 +180,31 @@ def main(argv=None) -> int:
           f"= {extra / statistics.median(off):.2%} of a step;")
     print(f"at the default every_n_steps=50 that is {extra / 50 / statistics.median(off):.3%} of the step time.")
 
-    # The picture is drawn on rank 0 every log_image_every_n_steps (default 1000) steps: time it alone.
-    from crrelu_lightning.entropy.display import density_figure, figure_to_rgb
-    import numpy as np
+    # The picture is drawn on rank 0 every log_image_every_n_steps (default 1000) steps: time it alone,
+    # for `layers` CRReLU layers fed 4096 N(0, 1) inputs (the default sample of one call).
+    from crrelu_lightning.activations import build_activation
+    from crrelu_lightning.entropy import CellHistogram, entropies_from_cells
+    from crrelu_lightning.entropy.display import figure_to_rgb, layer_figure
 
     step = statistics.median(off)
-    counts = np.random.default_rng(0).integers(0, 50, size=(max(layers, 1), 404))
+    k = max(layers, 1)
+    cells = CellHistogram(k)
+    for i in range(k):
+        cells.update(torch.randn(4096, generator=torch.Generator().manual_seed(i)), row=i)
+    act = build_activation("crrelu", eps_init=-0.3).double()
+
+    def f(x):
+        with torch.no_grad():
+            return act.forward(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+    rows = cells.state_tensor().numpy()
     t0 = time.perf_counter()
-    figure_to_rgb(density_figure(counts, [f"layer{i}" for i in range(max(layers, 1))], -10.0, 0.05))
+    stats = [entropies_from_cells(r, f, branch_start=0.0) for r in rows]
+    est_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    figure_to_rgb(layer_figure(rows, [f"layer{i}" for i in range(k)], [f] * k, stats))
     img = time.perf_counter() - t0
+    print(f"log-time estimates (whole line + branch) for {k} layers: {est_ms:.1f} ms (inside the paired collection cost)")
     # Non-collection steps pay one disabled Python hook call per activation module: time that alone.
     from crrelu_lightning.callbacks._activation_taps import ActivationTaps
 

@@ -1,4 +1,4 @@
-"""Histogram entropy estimates against the closed-form values of EAFO.md §6.
+"""Histogram entropy estimates against the closed-form values listed in docs/entropy.md.
 
 Tolerance for each case (n samples, m occupied bins, bin width Δ):
 
@@ -70,7 +70,7 @@ def test_normal_within_5_millinats_at_1e6():
 
 
 def test_miller_madow_sanity_values_from_design_doc():
-    # EAFO.md §6: Δ=0.01, n=1e5: plug-in ≈ 1.4145, Miller–Madow ≈ 1.4181 (one sample: ± 3 sd = 0.007).
+    # Reference: Δ=0.01, n=1e5: plug-in ≈ 1.4145, Miller–Madow ≈ 1.4181 (one sample: ± 3 sd = 0.007).
     est = HistogramEstimator(-10, 10, bin_width=0.01)
     est.update(_normal(10**5, seed=7))
     plug, mm = est.compute(miller_madow=False), est.compute()

@@ -172,9 +172,9 @@ def layer_figure(cell_rows: np.ndarray, names: Sequence[str], fns: Sequence, sta
     k = max(1, len(names))
     layer_cols = max(1, round(math.sqrt(k / 2)))
     rows = math.ceil(k / layer_cols)
-    fig = Figure(figsize=(3.3 * 2 * layer_cols, 2.6 * rows), dpi=100, layout="constrained")
+    fig = Figure(figsize=(2.5 * 2 * layer_cols, 2.0 * rows), dpi=100, layout="constrained")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(f"{title}  (entropies in nats; B = invertible branch)", fontsize=9)
     for i, name in enumerate(names):
         s = stats[i]
         ax_in = fig.add_subplot(rows, 2 * layer_cols, 2 * i + 1)
@@ -197,17 +197,17 @@ def layer_figure(cell_rows: np.ndarray, names: Sequence[str], fns: Sequence, sta
         ax_in.set_xlim(lo, hi)
         f = fns[i]
         side = "input x" if f is not None else "output y (not elementwise)"
-        ax_in.set_xlabel(side, fontsize=7)
-        ax_in.set_ylabel("density", fontsize=7)
-        ax_in.set_title(f"{name}\ninput H={s['input']:.3f} nats, Δ={width:g}", fontsize=7)
+        ax_in.set_xlabel(side, fontsize=8)
+        ax_in.set_ylabel("density", fontsize=8)
+        ax_in.set_title(f"{name}: input, H={s['input']:.2f}", fontsize=8)
         bstart = s.get("branch_start", math.nan)
         if f is not None and math.isfinite(bstart):
             ax_in.axvspan(max(bstart, lo), hi, color="C2", alpha=0.12, label="branch B")
             ax_in.axvline(bstart, color="C2", lw=1, ls="--")
-            ax_in.legend(fontsize=6, loc="upper left")
+            ax_in.legend(fontsize=7, loc="upper left")
         if log_density:
             ax_in.set_yscale("log")
-        ax_in.tick_params(labelsize=6)
+        ax_in.tick_params(labelsize=7)
         if f is None:
             ax_out.axis("off")
             continue
@@ -222,11 +222,14 @@ def layer_figure(cell_rows: np.ndarray, names: Sequence[str], fns: Sequence, sta
         ylo, yhi = float(np.min(F[:-1][inside])), float(np.max(F[1:][inside]))
         ypad = 0.05 * (yhi - ylo or 1.0)
         if dy.size:
-            ax_out.stairs(dy, br, fill=True, alpha=0.6, color="C1")
+            # Averaged over 120 display bins: p_Y has integrable spikes (f' = 0) that would flatten the rest.
+            grid = np.linspace(ylo - ypad, yhi + ypad, 121)
+            cdf = np.concatenate([[0.0], np.cumsum(dy * np.diff(br))])
+            ax_out.stairs(np.diff(np.interp(grid, br, cdf)) / np.diff(grid), grid, fill=True, alpha=0.6, color="C1")
         if math.isfinite(bstart):
             fb = F[E >= bstart]
             ax_out.axvspan(float(fb.min()), yhi + ypad, color="C2", alpha=0.12, label="f(B)")
-            ax_out.legend(fontsize=6, loc="upper right")
+            ax_out.legend(fontsize=7, loc="upper right")
         ax_out.set_xlim(ylo - ypad, yhi + ypad)
         if log_density:
             ax_out.set_yscale("log")
@@ -234,10 +237,10 @@ def layer_figure(cell_rows: np.ndarray, names: Sequence[str], fns: Sequence, sta
             ax2 = ax_out.twinx()
             ax2.bar(av, am, width=0.02 * (yhi - ylo + 2 * ypad), color="C3")
             ax2.set_ylim(0, 1)
-            ax2.set_ylabel("atom probability", color="C3", fontsize=6)
-            ax2.tick_params(labelsize=6)
-        ax_out.set_xlabel("output y = f(x)", fontsize=7)
-        ax_out.set_ylabel("density", fontsize=7)
-        ax_out.set_title(f"H={s['whole_line']:.3f}, H_B={s['branch']:.3f}, p0={s['p0']:.2f}", fontsize=7)
-        ax_out.tick_params(labelsize=6)
+            ax2.set_ylabel("atom prob.", color="C3", fontsize=7)
+            ax2.tick_params(labelsize=7)
+        ax_out.set_xlabel("output y = f(x)", fontsize=8)
+        ax_out.set_ylabel("density", fontsize=8)
+        ax_out.set_title(f"output, H={s['whole_line']:.2f}, H_B={s['branch']:.2f}" + (f", p0={s['p0']:.2f}" if s['p0'] > 0 else ""), fontsize=8)
+        ax_out.tick_params(labelsize=7)
     return fig

@@ -1,4 +1,4 @@
-"""Entropy from histogram counts: the pure functional core (EAFO.md §6).
+"""Entropy from histogram counts: the pure functional core (docs/entropy.md).
 
 A count row has the layout produced by ``HistogramEstimator``::
 

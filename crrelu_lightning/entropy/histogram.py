@@ -1,4 +1,4 @@
-"""Fixed-range, fixed-width histogram with sum-mergeable integer counts (EAFO.md §6).
+"""Fixed-range, fixed-width histogram with sum-mergeable integer counts (docs/entropy.md, "the fixed-width plug-in").
 
 One ``HistogramEstimator`` holds ``num_estimators`` independent count rows (one per layer, say) in a
 single int64 tensor, so a whole model reduces across processes with one ``all_reduce``. Pure torch:
