@@ -9,6 +9,7 @@ _EXPORTS = {
     "ActivationEntropyMonitor": "crrelu_lightning.callbacks.entropy_monitor",
     "ActivationParameterLogger": "crrelu_lightning.callbacks.activation_params",
     "EAFOCallback": "crrelu_lightning.callbacks.eafo",
+    "EAFODeriveCallback": "crrelu_lightning.callbacks.eafo_derive",
     "PredictionWriter": "crrelu_lightning.callbacks.prediction_writer",
 }
 

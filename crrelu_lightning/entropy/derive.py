@@ -115,6 +115,10 @@ class SmoothedHistogram:
             out[2][s:s + step] = ((z * z - 1.0) * k).sum(1) / (b * b)
         return out[0], out[1], out[2]
 
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64)[:, None] - np.asarray(self.centres)[None, :]) / self.bandwidth
+        return (np.asarray(self.weights)[None, :] * torch.special.ndtr(torch.as_tensor(z)).numpy()).sum(1)
+
     def describe(self) -> str:
         return f"smoothed histogram ({len(self.centres)} bins, bandwidth {self.bandwidth:.4g})"
 
@@ -137,6 +141,12 @@ def _density_derivatives(dist: Density, x: np.ndarray) -> Tuple[np.ndarray, np.n
     z = (np.asarray(x, dtype=np.float64) - dist.mu) / dist.sigma
     p = np.exp(-0.5 * z * z) / (dist.sigma * math.sqrt(2.0 * math.pi))
     return p, -z * p / dist.sigma, (z * z - 1.0) * p / dist.sigma**2
+
+
+def _cdf(dist: Density, x: np.ndarray) -> np.ndarray:
+    if isinstance(dist, SmoothedHistogram):
+        return dist.cdf(x)
+    return torch.special.ndtr(torch.as_tensor((np.asarray(x, dtype=np.float64) - dist.mu) / dist.sigma)).numpy()
 
 
 def _scale(dist: Density) -> float:
@@ -209,18 +219,12 @@ def find_branch(fn, dist: Density) -> Tuple[float, float]:
     pos = _slope(fn, x) > 0
     if not pos.any():
         raise ValueError("the base has f' <= 0 wherever the input lives: no increasing branch to correct")
-    p = _density_derivatives(dist, x)[0]
-    best, best_mass, start = None, -1.0, None
-    for i in range(len(x) + 1):
-        inside = i < len(x) and pos[i]
-        if inside and start is None:
-            start = i
-        elif not inside and start is not None:
-            mass = float(p[start:i].sum())
-            if mass > best_mass:
-                best, best_mass = (start, i - 1), mass
-            start = None
-    i0, i1 = best
+    # Runs of f' > 0 on the scan grid, and the probability each carries (CDF differences).
+    change = np.flatnonzero(np.diff(np.concatenate([[False], pos, [False]]).astype(np.int8)))
+    runs = list(zip(change[::2], change[1::2] - 1))
+    cdf = _cdf(dist, np.array([x[i] for run in runs for i in run]))
+    masses = cdf[1::2] - cdf[::2]
+    i0, i1 = runs[int(np.argmax(masses))]
 
     def refine(inside_x: float, outside_x: float) -> float:
         a, b = inside_x, outside_x  # f'(a) > 0 >= f'(b)
