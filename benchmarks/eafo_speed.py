@@ -1,0 +1,135 @@
+"""EAFO activations against their bases: kernel fwd+bwd and the demo ViT training step, ratios from one run.
+
+    python benchmarks/eafo_speed.py --threads 2                 # both tables (Markdown)
+    python benchmarks/eafo_speed.py --part kernel --numel 4194304
+
+1. Kernel: ``act(x).backward(dy)`` on a leaf x of ``--numel`` float32 values, for GELU (torch), ``eafo_gelu``
+   (fused bodies compiled by Inductor, and eager), CR-GELU, SiLU and ``eafo_silu``.
+2. Train step: the demo model (``vit_fmnist``, batch 256, AdamW, random data) with GELU and with ``eafo_gelu``
+   in all MLP blocks, eager and with the whole network compiled (``model.compile()``).
+
+Every case is timed round-robin (one step of each in turn, ``--repeats`` rounds after ``--warmup``), so background
+load hits all cases alike; the tables give medians and ratios to the base measured in the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crrelu_lightning.activations import build_activation, get_activation  # noqa: E402
+
+KERNEL_CASES = {  # label -> (registry name, kwargs)
+    "gelu": ("gelu", {}),
+    "eafo_gelu": ("eafo_gelu", {"impl": "compiled"}),
+    "eafo_gelu (eager)": ("eafo_gelu", {"impl": "eager"}),
+    "crgelu": ("crgelu", {"impl": "compiled"}),
+    "silu": ("silu", {}),
+    "eafo_silu": ("eafo_silu", {"impl": "compiled"}),
+}
+STEP_CASES = {"gelu": ("gelu", {}), "eafo_gelu": ("eafo_gelu", {})}
+
+
+def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int) -> Dict[str, float]:
+    """Median seconds per call of each function, timed one call of each in turn."""
+    for fn in fns.values():  # first calls compile; not timed
+        fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def kernel_table(args) -> str:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.numel, generator=g).requires_grad_(True)
+    dy = torch.randn(args.numel, generator=g)
+    fns = {}
+    for label, (name, kw) in KERNEL_CASES.items():
+        act = build_activation(name, **kw)
+
+        def step(act=act):
+            act(x).backward(dy)
+            x.grad = None
+
+        fns[label] = step
+    med = round_robin(fns, args.warmup, args.repeats)
+    rows = ["| activation | fwd+bwd ms (median) | × base (same run) |", "|---|---|---|"]
+    for label in KERNEL_CASES:
+        base = "silu" if "silu" in label else "gelu"
+        rows.append(f"| {label} | {med[label] * 1e3:.2f} | {med[label] / med[base]:.2f} |")
+    return f"Kernel: {args.numel} float32 values, fwd+bwd\n\n" + "\n".join(rows)
+
+
+def step_table(args) -> str:
+    import timm
+
+    import crrelu_lightning.models.presets  # noqa: F401  (registers vit_fmnist)
+
+    g = torch.Generator().manual_seed(0)
+    xb = torch.randn(args.batch_size, 1, 28, 28, generator=g)
+    yb = torch.randint(0, 10, (args.batch_size,), generator=g)
+    fns = {}
+    for mode in args.modes:
+        for label, (name, kw) in STEP_CASES.items():
+            torch.manual_seed(0)
+            model = timm.create_model("vit_fmnist", act_layer=get_activation(name, **kw))
+            if mode == "compiled":
+                model.compile()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step(model=model, opt=opt):
+                F.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            fns[f"{label}|{mode}"] = step
+    med = round_robin(fns, args.warmup, args.repeats)
+    rows = ["| activation | mode | step ms (median) | × GELU (same mode) |", "|---|---|---|---|"]
+    for mode in args.modes:
+        for label in STEP_CASES:
+            k = f"{label}|{mode}"
+            rows.append(f"| {label} | {mode} | {med[k] * 1e3:.1f} | {med[k] / med[f'gelu|{mode}']:.3f} |")
+    return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, AdamW, float32)\n\n" + "\n".join(rows)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["kernel", "step", "both"], default="both")
+    p.add_argument("--numel", type=int, default=2**22)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"load average {load:.1f}; medians of {args.repeats} round-robin rounds after {args.warmup} warm-up rounds\n")
+    if args.part in ("kernel", "both"):
+        print(kernel_table(args) + "\n")
+    if args.part in ("step", "both"):
+        print(step_table(args))
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
