@@ -34,7 +34,7 @@ from crrelu_lightning.callbacks._collection import (
     reduce_sum,
 )
 from crrelu_lightning.entropy.derive import derive_correction
-from crrelu_lightning.entropy.eafo import HistogramInput
+from crrelu_lightning.entropy.distributions import HistogramInput
 
 # Fixed-point moments (exact, order-independent sums): x in units of 2^-20, |x| clipped at 2^10.
 _X_SCALE = 2.0**20

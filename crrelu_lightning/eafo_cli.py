@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smooth bases: the branch starts where g' reaches this value")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", default=None, help="write a PNG of base, correction, corrected function and WAFBC")
+    from crrelu_lightning.eafo_derive_cli import add_derive_arguments
+
+    add_derive_arguments(p)  # --derive: the general EAFO correction of any activation (docs/eafo_general.md)
     return p
 
 
@@ -148,6 +151,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_values(sys.argv[1:] if argv is None else argv))
     base = _BASE_ALIASES.get(args.base.lower(), args.base.lower())
+    if args.derive:
+        from crrelu_lightning.eafo_derive_cli import run_derive
+
+        return run_derive(args, parser, base)
     try:
         dist = E.parse_input(args.input, args.mu, args.sigma)
         records = E.eafo_table(base, dist, args.eps, args.cr_sigma, args.slope_floor)

@@ -39,8 +39,8 @@ def summary(d: Derivation, eps_values) -> Dict[str, Any]:
     return {
         "base": d.base,
         "input": d.input,
-        "branch": list(d.branch),
-        "tapered_ends": list(d.tapered_ends),
+        "branch": [float(v) for v in d.branch],
+        "tapered_ends": [round(float(v), 12) for v in d.tapered_ends],
         "taper_width": d.taper_width,
         "branch_prob": d.branch_prob,
         "d_entropy_d_eps_raw": d.d_entropy_d_eps(0.0),
@@ -102,7 +102,9 @@ def plot(d: Derivation, eps_values, path: str) -> None:
     fn = activation_function(d.base)
     x, h, dh = d.table(normalized=True)
     lo_x = max(x[0] - 1.0, x[0] - 0.25 * (x[-1] - x[0])) if math.isfinite(d.branch[0]) else x[0]
-    xs = np.linspace(lo_x, x[-1], 801)
+    big = np.flatnonzero(np.abs(h) > 1e-3 * np.max(np.abs(h)))
+    hi_x = min(x[-1], x[big[-1]] + 0.25 * (x[big[-1]] - x[big[0]])) if big.size else x[-1]
+    xs = np.linspace(lo_x, hi_x, 801)
     hs = np.interp(xs, x, h, left=0.0, right=0.0)
     with torch.no_grad():
         base = fn(torch.as_tensor(xs)).numpy()
@@ -139,7 +141,10 @@ def run_derive(args: argparse.Namespace, parser: argparse.ArgumentParser, base: 
         parser.error(str(err))
     s = summary(d, args.eps)
     if args.format == "json":
-        print(json.dumps(s, indent=2, default=_jsonable))
+        s["branch"] = [_jsonable(v) for v in s["branch"]]  # ±inf (an unbounded branch end) is null in JSON
+        s["eps_interval_raw"] = [_jsonable(v) for v in s["eps_interval_raw"]]
+        s["eps_interval"] = [_jsonable(v) for v in s["eps_interval"]]
+        print(json.dumps(s, indent=2))
     else:
         print(render(s))
     if args.table:

@@ -23,7 +23,8 @@ CONFIGS = sorted(str(p) for p in ROOT.rglob("*.yaml"))
 VISION = "vision"
 
 # Every shipped recipe as the list of --config files it composes (base first, overlays after).
-RECIPES = [("demo.yaml",), ("demo.yaml", "demo_eafo.yaml"), ("demo.yaml", "demo_eafo_regularize.yaml")]
+RECIPES = [("demo.yaml",), ("demo.yaml", "demo_eafo.yaml"), ("demo.yaml", "demo_eafo_regularize.yaml"),
+           ("demo.yaml", "demo_eafo_derive.yaml")]
 RECIPES += [(f"{VISION}/base.yaml", f"{VISION}/data/{d}.yaml", f"{VISION}/model/{m}.yaml")
             for d in ("cifar10", "cifar100") for m in ("vit_tiny", "deit_tiny", "tnt_small")]
 RECIPES += [(f"{VISION}/base.yaml", f"{VISION}/data/imagenet.yaml", f"{VISION}/model/{m}.yaml")
@@ -104,7 +105,8 @@ def test_recipe_instantiates(recipe, tmp_path, monkeypatch):
     assert any(c.save_last or (c.monitor is None and c.filename == "last") for c in ckpts)
     names = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"ActivationParameterLogger", "PredictionWriter"} <= names
-    assert ("EAFOCallback" in names) == any("eafo" in n for n in recipe)  # the overlay appended, nothing lost
+    eafo = {"EAFOCallback", "EAFODeriveCallback"} & names
+    assert bool(eafo) == any("eafo" in n for n in recipe)  # the overlay appended, nothing lost
     dm = cli.datamodule
     # the model got the data's shape through the CLI's links, not from model_kwargs
     assert cli.model.num_classes == dm.num_classes and "num_classes" not in (cli.model.hparams.model_kwargs or {})

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crrelu_lightning.entropy.eafo import HistogramInput, NormalInput
+from crrelu_lightning.entropy.distributions import HistogramInput, NormalInput
 
 _GL_NODES = 16
 _NORMAL_REACH = 9.0  # support used for the table and the quadrature: μ ± 9σ (mass outside < 3e-19)
