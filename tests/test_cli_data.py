@@ -50,7 +50,7 @@ def test_fetch_fashion_mnist_decompresses_into_torchvision_layout(tmp_path, monk
 
 @pytest.mark.skipif(not fetch.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_installed_debian_package_is_the_standard_data():
-    # DATA.md: Debian recompressed the files; decompressed they are the standard 60k/10k set (mean 0.2860).
+    # Debian recompressed the files; decompressed they are the standard 60k/10k set (mean 0.2860).
     dm = FashionMNISTDataModule(root="/nonexistent", augment="none")
     dm.setup("fit")
     imgs = dm.train_set.images

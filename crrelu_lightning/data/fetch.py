@@ -57,7 +57,7 @@ def _locate_fashion_mnist_gz() -> Path:
             _run(["apt-get", "update"])
             subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", FASHION_MNIST_PACKAGE], env=env, check=True)
         return FASHION_MNIST_SYSTEM_DIR
-    # Not root: download the .deb and unpack it without installing (DATA.md).
+    # Not root: download the .deb and unpack it without installing (docs/vision.md).
     tmp = Path(tempfile.mkdtemp(prefix="fmnist-deb-"))
     _run(["apt-get", "download", FASHION_MNIST_PACKAGE], cwd=tmp)
     deb = sorted(tmp.glob(f"{FASHION_MNIST_PACKAGE}_*.deb"))

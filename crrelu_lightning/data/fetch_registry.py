@@ -1,7 +1,7 @@
 """Registry of offline dataset fetchers used by ``crrelu-lightning data fetch NAME``.
 
 A fetcher is ``fn(root: Path) -> Path``: it puts the dataset under ``root`` (default ``data/``)
-using only apt-get / pip (see ../shared/design/DATA.md) and returns the folder the configs read.
+using only apt-get / pip (see docs/vision.md) and returns the folder the configs read.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     out[n] = flip_n( pad(x[n], p)[:, oy_n : oy_n + H, ox_n : ox_n + W] ),  oy, ox ~ U{0..2p}, flip_n ~ Bernoulli(½)
 
 ``paper``: timm ``create_transform`` with RandomResizedCrop, flip, colour jitter 0.4,
-RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (PAPER_RECIPE.md).
+RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (docs/vision.md, Paper recipes).
 """
 from __future__ import annotations
 

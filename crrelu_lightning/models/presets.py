@@ -1,6 +1,6 @@
 """Small-image model presets, registered with timm so ``timm.create_model(name, **kw)`` builds them.
 
-Dimensions follow PAPER_RECIPE.md (32×32 inputs, patch 4):
+Dimensions follow the paper recipes of docs/vision.md (32×32 inputs, patch 4):
 
 * ``vit_tiny_patch4_32`` / ``deit_tiny_patch4_32``: dim 192, depth 12, heads 3, MLP ratio 4. As in timm
   (``vit_tiny_patch16_224`` vs ``deit_tiny_patch16_224``) the two share one architecture; DeiT differs in
