@@ -1,8 +1,8 @@
 """``compare --launcher slurm`` against a real single-node SLURM (slurmctld + slurmd + munged, tests/slurm_cluster.py).
 
 2 activations × 2 seeds of the toy module as one job array: one task is scancel'led half-way and resumed by
-re-submitting, one is requeued by SLURM and resumes by itself, ``--collect`` reports both, and the collected
-table matches a local run of the same grid. Skipped, with the reason, where SLURM/munge are not installed or
+re-submitting, one is requeued by SLURM and resumes by itself, one fails (the toy raises for crrelu seed 1),
+``--collect`` reports all three, and the collected table matches a local run of the same grid. Skipped, with the reason, where SLURM/munge are not installed or
 we are not root (``.ci/run`` installs them: ``apt-get install -y slurm-wlm munge``).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import slurm_cluster  # noqa: E402
 CONFIG = """\
 model:
   class_path: compare_toy.ToyClassifier
-  init_args: {activation: gelu, step_sleep: 0.4}
+  init_args: {activation: gelu, step_sleep: 0.4, fail_when: "crrelu:1"}
 data:
   class_path: compare_toy.ToyDataModule
   init_args: {n_train: 256, batch_size: 64}
@@ -124,9 +124,12 @@ def test_slurm_sweep_cancel_requeue_resume_collect(cluster, tmp_path, monkeypatc
     _wait(lambda: not _queue(env, job), 240, f"job {job} to leave the queue", cluster)
 
     capsys.readouterr()
-    assert cli.main(["--collect", str(out)]) == 3  # one run is not finished
+    assert cli.main(["--collect", str(out)]) == 1  # one run failed, one is not finished
     said = capsys.readouterr().out
-    assert "3 ok, 0 failed, 1 not finished of 4 runs" in said
+    assert "2 ok, 1 failed, 1 not finished of 4 runs" in said
+    failed = next(l for l in said.splitlines() if "`crrelu` seed 1" in l)
+    assert failed.strip().startswith("failed:") and "SLURM FAILED" in failed and f"task {job}_3" in failed
+    assert "RuntimeError: toy failure requested for crrelu:1" in said.split(failed, 1)[1]  # its log tail
     cancelled = next(l for l in said.splitlines() if "`gelu` seed 0" in l)
     assert "SLURM CANCELLED" in cancelled and f"task {job}_0" in cancelled and "resume checkpoint at step" in cancelled
     assert "CANCELLED" in said.split(cancelled, 1)[1]  # the log tail: slurmstepd's "*** JOB ... CANCELLED ***"
@@ -137,23 +140,24 @@ def test_slurm_sweep_cancel_requeue_resume_collect(cluster, tmp_path, monkeypatc
 
     # Re-submitting the same command submits only the cancelled run, which resumes from its checkpoint.
     step_before = checkpoints.checkpoint_step(g0)
-    assert cli.main(submit) == 3
+    assert cli.main(submit) == 1
     said = capsys.readouterr().out
-    assert "(1 tasks" in said and "3 finished" in said
+    assert "(1 tasks" in said and "3 finished" in said  # the failed run is not resubmitted (no --retry-failed)
     job2 = slurm.submissions(out)[1]["job_id"]
     assert slurm.submissions(out)[1]["runs"] == ["runs/gelu/seed0"]
     _wait(lambda: not _queue(env, job2), 180, f"job {job2}", cluster)
     assert f"--ckpt_path={g0 / 'resume' / 'resume.ckpt'}" in (g0 / "fit.cmd").read_text()
     assert 0 < step_before < 12
-    assert cli.main(["--collect", str(out)]) == 0
+    assert cli.main(["--collect", str(out)]) == 1
     slurm_rows = _rows(out / "results.csv")
     assert {k: r["status"] for k, r in slurm_rows.items()} == {
-        ("gelu", 0): "ok", ("crrelu", 0): "ok", ("gelu", 1): "ok", ("crrelu", 1): "ok"}
-    assert {int(r["steps"]) for r in slurm_rows.values()} == {12}  # 3 epochs × 4 batches, resumed or not
+        ("gelu", 0): "ok", ("crrelu", 0): "ok", ("gelu", 1): "ok", ("crrelu", 1): "failed"}
+    assert slurm_rows[("crrelu", 1)]["error"] == "exit code 1: RuntimeError: toy failure requested for crrelu:1"
+    assert {int(r["steps"]) for r in slurm_rows.values() if r["status"] == "ok"} == {12}  # 3 epochs × 4 batches
 
     # The same grid run locally: same per-run fit arguments, same table for the runs that were never stopped.
     local = tmp_path / "local"
-    assert cli.main(GRID + ["--out", str(local), "--parallel", "2"]) == 0
+    assert cli.main(GRID + ["--out", str(local), "--parallel", "2"]) == 1
     local_rows = _rows(local / "results.csv")
     assert set(local_rows) == set(slurm_rows) and list(next(iter(local_rows.values()))) == list(
         next(iter(slurm_rows.values())))
@@ -162,7 +166,7 @@ def test_slurm_sweep_cancel_requeue_resume_collect(cluster, tmp_path, monkeypatc
         b = json.loads((local / "runs" / label / f"seed{seed}" / "done.json").read_text())
         assert json.loads(json.dumps(a["fit_args"]).replace(str(out), str(local))) == b["fit_args"]
     skip = {"wall_time_s", "test_wall_time_s"}
-    for key in [("crrelu", 0), ("crrelu", 1)]:  # never interrupted: bit-identical metrics (CPU, 1 thread, same seed)
+    for key in [("crrelu", 0), ("crrelu", 1)]:  # never interrupted: bit-identical rows (CPU, 1 thread, same seed)
         assert {k: v for k, v in slurm_rows[key].items() if k not in skip} == \
                {k: v for k, v in local_rows[key].items() if k not in skip}
     for key in [("gelu", 0), ("gelu", 1)]:  # resumed: the data order after the restart differs, the budget not
