@@ -34,6 +34,16 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the daemon when the test process dies, so a killed pytest leaves no cluster behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG = 1, SIGTERM = 15
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_ports(n: int) -> List[int]:
     socks = []
     for _ in range(n):
@@ -110,7 +120,8 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
     def _start(self, name: str, cmd: List[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "w")
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
 
     def start(self, timeout: float = 60.0) -> "LocalSlurm":
         self._write_config()
