@@ -1,4 +1,4 @@
-"""One-shot CUDA checks for the CR kernels (about 5 minutes on one H200). Prints Markdown tables.
+"""One-shot CUDA checks for the CR kernels (about 8 minutes on one H200). Prints Markdown tables.
 
     python benchmarks/gpu_checks.py                 # everything
     python benchmarks/gpu_checks.py --skip-vit      # kernels only
@@ -11,6 +11,9 @@
 3. ViT-S/16 training step (224², batch 256, bf16 autocast, AdamW, random data): images/s and peak memory for
    GELU, the paper's CRReLU expression and this project's CRReLU. Acceptance: ≥ 0.95× GELU images/s and
    peak memory ≤ 1.02× GELU.
+4. The same step with the whole model compiled (``model.compile()``): graph breaks (``torch._dynamo.explain``,
+   must be 0), images/s and peak memory against compiled GELU. Acceptance: 0 breaks, ≥ 0.97× images/s,
+   ≤ 1.01× memory.
 
 Exits with status 0 and a message when CUDA is not available.
 """
@@ -90,24 +93,24 @@ def elementwise_tables(numel: int, repeats: int) -> str:
     return "\n".join(out)
 
 
-def vit_step_table(batch: int, steps: int, warmup: int) -> str:
+def _vit_results(configs, batch: int, steps: int, warmup: int, compiled: bool):
+    """(label, images/s, peak GiB, graph breaks or None) per config; ViT-S/16, bf16 autocast, AdamW."""
     import timm
 
-    from crrelu_lightning.activations import CRReLU, get_activation
-
-    configs = [
-        ("GELU", get_activation("gelu")),
-        ("CRReLU, paper expression", functools.partial(CRReLU, impl="reference")),
-        ("CRReLU, this project (compiled)", functools.partial(CRReLU, impl="compiled")),
-        ("CRReLU, eager Function", functools.partial(CRReLU, impl="eager")),
-    ]
     results = []
     for label, act in configs:
+        torch._dynamo.reset()
         torch.manual_seed(0)
         model = timm.create_model("vit_small_patch16_224", pretrained=False, act_layer=act, num_classes=1000).cuda()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(batch, 3, 224, 224, device="cuda")
         target = torch.randint(0, 1000, (batch,), device="cuda")
+        breaks = None
+        if compiled:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                breaks = torch._dynamo.explain(model)(x[:2]).graph_break_count
+            torch._dynamo.reset()
+            model.compile()
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -127,19 +130,57 @@ def vit_step_table(batch: int, steps: int, warmup: int) -> str:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        results.append((label, batch / statistics.median(times), peak))
+        results.append((label, batch / statistics.median(times), peak, breaks))
         del model, opt, x, target
         torch.cuda.empty_cache()
+    return results
+
+
+def _vit_rows(results, ours_index: int, min_ips: float, max_mem: float):
     g_ips, g_mem = results[0][1], results[0][2]
-    rows = ["| activation | images/s | × GELU | peak memory GiB | × GELU |", "|---|---|---|---|---|"]
-    for label, ips, mem in results:
-        rows.append(f"| {label} | {ips:.0f} | {ips / g_ips:.2f} | {mem:.2f} | {mem / g_mem:.3f} |")
-    ours = results[2]
-    ok = ours[1] / g_ips >= 0.95 and ours[2] / g_mem <= 1.02
+    rows = ["| activation | images/s | × GELU | peak memory GiB | × GELU | graph breaks |", "|---|---|---|---|---|---|"]
+    for label, ips, mem, breaks in results:
+        rows.append(f"| {label} | {ips:.0f} | {ips / g_ips:.2f} | {mem:.2f} | {mem / g_mem:.3f} | "
+                    f"{'-' if breaks is None else breaks} |")
+    ours = results[ours_index]
+    ok = ours[1] / g_ips >= min_ips and ours[2] / g_mem <= max_mem and ours[3] in (None, 0)
+    return rows, ok
+
+
+def vit_step_table(batch: int, steps: int, warmup: int) -> str:
+    from crrelu_lightning.activations import CRReLU, get_activation
+
+    configs = [
+        ("GELU", get_activation("gelu")),
+        ("CRReLU, paper expression", functools.partial(CRReLU, impl="reference")),
+        ("CRReLU, this project (compiled)", functools.partial(CRReLU, impl="compiled")),
+        ("CRReLU, eager Function", functools.partial(CRReLU, impl="eager")),
+    ]
+    rows, ok = _vit_rows(_vit_results(configs, batch, steps, warmup, compiled=False), 2, 0.95, 1.02)
     rows.append("")
     rows.append(
         f"ViT-S/16, 224², batch {batch}, bf16 autocast, AdamW, eager model, median of {steps} steps after {warmup}. "
         f"Acceptance (≥ 0.95× images/s, ≤ 1.02× memory): {'PASS' if ok else 'FAIL'}"
+    )
+    return "\n".join(rows)
+
+
+def compiled_vit_table(batch: int, steps: int, warmup: int) -> str:
+    """The whole model under ``torch.compile`` (Inductor generates the activation's kernels, fused with the
+    neighbours; CUDA graphs become possible because there are no breaks)."""
+    from crrelu_lightning.activations import CRReLU, get_activation
+
+    configs = [
+        ("GELU", get_activation("gelu")),
+        ("CRReLU", CRReLU),
+        ("CRReLU, paper expression", functools.partial(CRReLU, impl="reference")),
+    ]
+    rows, ok = _vit_rows(_vit_results(configs, batch, steps, warmup, compiled=True), 1, 0.97, 1.01)
+    rows.append("")
+    rows.append(
+        f"ViT-S/16, 224², batch {batch}, bf16 autocast, AdamW, whole model compiled (model.compile()), median of "
+        f"{steps} steps after {warmup} (compilation excluded). Graph breaks counted by torch._dynamo.explain. "
+        f"Acceptance (0 breaks, ≥ 0.97× images/s, ≤ 1.01× memory): {'PASS' if ok else 'FAIL'}"
     )
     return "\n".join(rows)
 
@@ -151,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--vit-steps", type=int, default=20)
     p.add_argument("--skip-vit", action="store_true")
+    p.add_argument("--skip-compiled", action="store_true", help="skip the whole-model torch.compile table")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("CUDA is not available: nothing to check here (run this on a machine with a GPU).")
@@ -163,6 +205,9 @@ def main(argv=None) -> int:
     if not args.skip_vit:
         print("\n## ViT-S/16 training step\n")
         print(vit_step_table(args.batch, args.vit_steps, warmup=5), flush=True)
+        if not args.skip_compiled:
+            print("\n## ViT-S/16 training step, whole model compiled\n")
+            print(compiled_vit_table(args.batch, args.vit_steps, warmup=5), flush=True)
     return 0
 
 

@@ -106,3 +106,30 @@ def test_inductor_fuses_activation_with_neighbours():
     assert metrics.generated_kernel_count == 1, code
     torch.testing.assert_close(y, cr_math.cr_reference("relu", x * 2.0 + 1.0, act.eps.detach(), 1.0) + r,
                                rtol=2e-5, atol=2e-5)
+
+
+def test_autocast_bfloat16_under_compile_matches_eager():
+    """Under autocast the Function turns autocast off inside (its own compute dtype); also when traced."""
+    torch.manual_seed(2)
+    block = _Block(CRReLU(eps_init=0.4))
+    x = torch.randn(3, 7, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = block(x)
+        got = torch.compile(block, fullgraph=True, backend="aot_eager")(x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_compile_vit_benchmark_eager_smoke():
+    """The benchmark's CPU path runs; its memory column shows CRReLU keeping what GELU keeps, the paper's more."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "compile_vit.py")
+    spec = importlib.util.spec_from_file_location("compile_vit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = bench.run(bench.parse_args(["--modes", "eager", "--repeats", "1", "--warmup", "0", "--batch-size", "4"]))
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    assert float(rows["crrelu"][6]) == 1.0  # saved-for-backward bytes × GELU
+    assert float(rows["paper expression"][6]) > 1.2
