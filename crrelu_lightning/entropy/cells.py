@@ -19,6 +19,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from crrelu_lightning.entropy.histogram import subsample
+
 NUM_PATTERNS = 1 << 16
 
 
@@ -106,10 +108,7 @@ class CellHistogram:
         """
         if not 0 <= row < self.num_rows:
             raise IndexError(f"row must be in [0, {self.num_rows}), got {row!r}")
-        flat = values.detach().reshape(-1)
-        if max_samples is not None and flat.numel() > max_samples:
-            pick = torch.randint(flat.numel(), (max_samples,), generator=generator, device=flat.device)
-            flat = flat[pick]
+        flat = subsample(values.detach().reshape(-1), max_samples, generator)
         if flat.numel() == 0:
             return
         idx = cell_indices(flat).to(self._counts.device) + row * NUM_PATTERNS

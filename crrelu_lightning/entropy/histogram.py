@@ -151,13 +151,9 @@ class HistogramEstimator:
                 raise IndexError(f"index must be in [0, {self.num_estimators}), got {index!r}")
             offset = index * (self.bins + EXTRA_COLUMNS)
         flat = values.detach().reshape(-1)
-        if max_samples is not None:
-            if max_samples < 1:
-                raise ValueError(f"max_samples must be None or >= 1, got {max_samples!r}")
-            if flat.numel() > max_samples:
-                gen = generator if generator is not None else self.generator(flat.device)
-                pick = torch.randint(flat.numel(), (max_samples,), generator=gen, device=flat.device)
-                flat = flat[pick]
+        if max_samples is not None and generator is None and flat.numel() > max_samples:
+            generator = self.generator(flat.device)
+        flat = subsample(flat, max_samples, generator)
         if flat.numel() == 0:
             return
         self._counts.view(-1).scatter_add_(0, self._categories(flat) + offset, torch.ones_like(flat, dtype=torch.int64))
@@ -185,3 +181,16 @@ class HistogramEstimator:
             f"HistogramEstimator(lo={self.lo}, hi={self.hi}, bins={self.bins}, bin_width={self.bin_width:g}, "
             f"num_estimators={self.num_estimators})"
         )
+
+
+def subsample(flat: torch.Tensor, max_samples: Optional[int], generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``flat`` itself, or ``max_samples`` of its values drawn uniformly with replacement (unbiased for
+    every bin frequency; tensor ops only, no host sync)."""
+    if max_samples is None:
+        return flat
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be None or >= 1, got {max_samples!r}")
+    if flat.numel() <= max_samples:
+        return flat
+    pick = torch.randint(flat.numel(), (max_samples,), generator=generator, device=flat.device)
+    return flat[pick]
