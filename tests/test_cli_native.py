@@ -145,3 +145,25 @@ def test_compare_composes_an_eafo_overlay_into_every_run(tmp_path, monkeypatch, 
     dirs = {c["init_args"]["dirpath"] for c in cfg["trainer"]["callbacks"] if "Checkpoint" in c["class_path"]}
     assert dirs and all(d.startswith(str(plan.specs[0].run_dir)) for d in dirs)  # the runner's own folders
     assert plan.settings.out == tmp_path / "cmp"
+
+
+def test_compare_run_activation_wins_over_an_overlay_that_names_one(tmp_path, monkeypatch, capsys):
+    # demo_eafo_derive.yaml sets model.init_args.activation: eafo_gelu; each compare row must keep its own.
+    from crrelu_lightning.compare import commands
+    from crrelu_lightning.compare.cli import prepare
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    overlay = REPO / "configs" / "demo_eafo_derive.yaml"
+    assert yaml.safe_load(overlay.read_text())["model"]["init_args"]["activation"] == "eafo_gelu"
+    plan = prepare(["--config", DEMO, "--config", str(overlay), "--activations", "gelu_dyn=eafo_gelu,silu_dyn=eafo_silu",
+                    "--seeds", "0", "--out", str(tmp_path / "cmp")])
+    seen = {}
+    for spec in plan.specs:
+        with pytest.raises(SystemExit):
+            cli_main(commands.cli_args(plan.settings, spec, "fit") + ["--print_config"])
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        seen[spec.label] = cfg["model"]["init_args"]["activation"]
+        names = [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"]["callbacks"]]
+        assert "EAFODeriveCallback" in names and "ActivationEntropyMonitor" in names
+    assert seen == {"gelu_dyn": "eafo_gelu", "silu_dyn": "eafo_silu"}

@@ -159,7 +159,7 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands
         if not config.is_file():
             raise ValueError(f"--config {given} does not exist (looked at {config})")
     # The first config is the base; overlays (e.g. an EAFO callback appended with `callbacks+:`) go to every
-    # fit/test command after the runner's own trainer overrides, like extra arguments.
+    # fit/test command after the runner's own trainer overrides and before the run's activation (commands.cli_args).
     config, overlays = configs[0], [f"--config={c}" for c in configs[1:]]
     try:
         commands.config_callbacks(config)
@@ -169,10 +169,10 @@ def settings_from_args(a: argparse.Namespace, extra_tail: List[str]) -> commands
                         ("--max-steps", a.max_steps), ("--run-timeout", a.run_timeout)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    extra = overlays + [x for e in a.extra for x in shlex.split(e)] + extra_tail
+    extra = [x for e in a.extra for x in shlex.split(e)] + extra_tail
     return commands.Settings(
         config=config, out=(a.out or Path("runs/compare") / "+".join(c.stem for c in configs)).expanduser().resolve(),
-        parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra,
+        parallel=a.parallel, threads_per_run=a.threads_per_run, max_steps=a.max_steps, extra=extra, overlays=overlays,
         test=a.test, activation_key=a.activation_key, kwargs_key=a.kwargs_key,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()], retry_failed=a.retry_failed,
         run_timeout=a.run_timeout, metric=a.metric, mode=a.mode, python=a.python, baseline=a.baseline,

@@ -38,6 +38,7 @@ class Settings:
     threads_per_run: Optional[int] = None
     max_steps: Optional[int] = None
     extra: List[str] = field(default_factory=list)
+    overlays: List[str] = field(default_factory=list)  # --config=FILE for each config after the base
     test: bool = False
     activation_key: str = "model.activation"
     kwargs_key: str = "model.activation_kwargs"
@@ -136,13 +137,20 @@ def _trainer_overrides(settings: Settings, spec: RunSpec, version: str,
 
 
 def cli_args(settings: Settings, spec: RunSpec, subcommand: str) -> List[str]:
-    """``SUBCOMMAND --config FILE --model.activation A --seed_everything S <run-local paths> <extra>``."""
+    """``SUBCOMMAND --config FILE <run-local paths> <overlays> --model.activation A --seed_everything S <extra>``.
+
+    Overlays come after the runner's ``--trainer.callbacks`` (so their ``callbacks+:`` appends to the run-local
+    list) but before the run's activation, kwargs and seed: an overlay that names an activation (e.g.
+    ``model.init_args.activation: eafo_gelu``) must not turn every row of the comparison into that activation.
+    """
     callbacks = run_callbacks(settings.config, spec.run_dir)
-    args = [subcommand, "--config", str(settings.config), f"--{settings.activation_key}={spec.activation}"]
+    args = [subcommand, "--config", str(settings.config)]
+    args += _trainer_overrides(settings, spec, "fit" if subcommand == "fit" else subcommand, callbacks)
+    args += list(settings.overlays)
+    args.append(f"--{settings.activation_key}={spec.activation}")
     if spec.kwargs:
         args.append(f"--{settings.kwargs_key}={json.dumps(spec.kwargs)}")
     args.append(f"--seed_everything={spec.seed}")
-    args += _trainer_overrides(settings, spec, "fit" if subcommand == "fit" else subcommand, callbacks)
     return args + list(settings.extra)  # user extras last: they may override anything above
 
 
