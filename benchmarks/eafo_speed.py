@@ -31,10 +31,12 @@ from crrelu_lightning.activations import build_activation, get_activation  # noq
 KERNEL_CASES = {  # label -> (registry name, kwargs)
     "gelu": ("gelu", {}),
     "eafo_gelu": ("eafo_gelu", {"impl": "compiled"}),
+    "eafo_gelu (table)": ("eafo_gelu", {"impl": "compiled", "form": "table"}),
     "eafo_gelu (eager)": ("eafo_gelu", {"impl": "eager"}),
     "crgelu": ("crgelu", {"impl": "compiled"}),
     "silu": ("silu", {}),
     "eafo_silu": ("eafo_silu", {"impl": "compiled"}),
+    "eafo_silu (table)": ("eafo_silu", {"impl": "compiled", "form": "table"}),
 }
 STEP_CASES = {"gelu": ("gelu", {}), "eafo_gelu": ("eafo_gelu", {})}
 

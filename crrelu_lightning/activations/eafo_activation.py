@@ -17,18 +17,20 @@ their own ``torch.compile`` (``impl="compiled"``) or as plain torch ops (``impl=
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from crrelu_lightning.activations import cr_math
+from crrelu_lightning.activations import cr_kernels, cr_math, eafo_fit
 from crrelu_lightning.activations.registry import register_activation
 
 IMPLS = ("auto", "compiled", "eager", "reference")
+FORMS = ("auto", "table", "fit")
 _HALF = (torch.float16, torch.bfloat16)
 _INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
@@ -90,33 +92,85 @@ def eafo_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, coef: torch.T
     return dx.to(x.dtype), deps
 
 
-_compiled: Dict[Tuple[str, str], Tuple[Callable, Callable]] = {}
+# --------------------------------------------------------------------------- bodies (the fitted closed form)
+def _fast_base(base: str, x: torch.Tensor, g: Optional[torch.Tensor], dy: Optional[torch.Tensor] = None):
+    """f(x) (or dy·f'(x) when dy is given); with ``g`` = exp(−x²/2), GELU without Sleef's erf."""
+    if base == "gelu" and g is not None:
+        cdf = cr_math.normal_cdf_fused(x, g)
+        return x * cdf if dy is None else dy * (cdf + x * (g * _INV_SQRT2PI))
+    return cr_math.base_forward(base, x) if dy is None else cr_math.base_backward(base, x, dy)
+
+
+def _gelu_gauss(base: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+    return cr_math.gauss_f32(x * x, -0.5) if base == "gelu" and x.dtype == torch.float32 else None
+
+
+def fit_fwd(x: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str, form: Tuple[int, int, bool]):
+    """``form`` = (power, degree, standard envelope): the closed form's static structure (eafo_fit)."""
+    power, degree, shared = form
+    cd = _compute_dtype(x.dtype, eps.dtype)
+    xf = x.to(cd)
+    g = _gelu_gauss(base, xf)
+    h = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None, slope=False)
+    return (_fast_base(base, xf, g) + eps.to(cd) * h).to(x.dtype)
+
+
+def fit_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str,
+            form: Tuple[int, int, bool]):
+    power, degree, shared = form
+    cd = _compute_dtype(x.dtype, eps.dtype)
+    xf, dyf = x.to(cd), dy.to(cd)
+    g = _gelu_gauss(base, xf)
+    h, dh = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None)
+    dx = _fast_base(base, xf, g, dyf) + eps.to(cd) * (dyf * dh)
+    return dx.to(x.dtype), (dyf * h).sum()
+
+
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+_compiled: Dict[Tuple[Any, ...], Tuple[Callable, Callable]] = {}
 _compile_failed: Dict[str, bool] = {}
 
 
-def _bodies(base: str, device_type: str, compiled: bool) -> Tuple[Callable, Callable]:
-    def fwd(x, eps, coef, grid):
-        return eafo_fwd(x, eps, coef, grid, base)
+def _bodies(base: str, device_type: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
+    """Forward/backward bodies: the table's (``form`` None) or the closed form's (``fit_fwd``)."""
+    if form is None:
+        def fwd(x, eps, coef, grid):
+            return eafo_fwd(x, eps, coef, grid, base)
 
-    def bwd(x, dy, eps, coef, grid):
-        return eafo_bwd(x, dy, eps, coef, grid, base)
+        def bwd(x, dy, eps, coef, grid):
+            return eafo_bwd(x, dy, eps, coef, grid, base)
+    else:
+        def fwd(x, eps, params):
+            return fit_fwd(x, eps, params, base, form)
+
+        def bwd(x, dy, eps, params):
+            return fit_bwd(x, dy, eps, params, base, form)
 
     if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
         return fwd, bwd  # traced into an outer graph, or eager
-    key = (base, device_type)
+    key = (base, device_type, form)
     if key not in _compiled:
+        # Not dynamic=True: that would turn every Python float in the bodies (Φ's coefficients, 1/√2π) into a
+        # runtime argument reloaded per loop iteration. ``_run`` marks the flattened length dynamic instead.
         _compiled[key] = (
-            torch.compile(fwd, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS),
-            torch.compile(bwd, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS),
+            torch.compile(fwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
+            torch.compile(bwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
         )
     return _compiled[key]
 
 
-def _run(which: int, args, base: str, compiled: bool):
-    device_type = args[0].device.type
-    bodies = _bodies(base, device_type, compiled)
+def _run(which: int, args, base: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
+    x = args[0]
+    device_type = x.device.type
+    bodies = _bodies(base, device_type, compiled, form)
+    if compiled and not torch.compiler.is_compiling():
+        # One graph for every shape: flattened tensors with the length marked dynamic (as the CR kernels).
+        n_big = 1 if which == 0 else 2
+        args = tuple(cr_kernels._flat(a) for a in args[:n_big]) + tuple(args[n_big:])
     try:
-        return bodies[which](*args)
+        out = bodies[which](*args)
     except Exception as err:  # Inductor compiles lazily; a missing compiler shows up here
         if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
             raise
@@ -127,7 +181,8 @@ def _run(which: int, args, base: str, compiled: bool):
             RuntimeWarning,
             stacklevel=3,
         )
-        return _bodies(base, device_type, False)[which](*args)
+        out = _bodies(base, device_type, False, form)[which](*args)
+    return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
 
 
 class EAFOFunction(torch.autograd.Function):
@@ -143,6 +198,24 @@ class EAFOFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, eps, coef, grid = ctx.saved_tensors
         dx, deps = _run(1, (x, dy, eps.detach(), coef, grid), ctx.base, ctx.compiled)
+        dx = dx if ctx.needs_input_grad[0] else None
+        deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
+        return dx, deps, None, None, None, None
+
+
+class EAFOFitFunction(torch.autograd.Function):
+    """y = f(x) + ε·ĥ(x) with ĥ the fitted closed form (``eafo_fit``); saves x (and ε, the parameter vector)."""
+
+    @staticmethod
+    def forward(ctx, x, eps, params, base: str, form: Tuple[int, int, bool], compiled: bool):
+        ctx.save_for_backward(x, eps, params)
+        ctx.base, ctx.form, ctx.compiled = base, form, compiled
+        return _run(0, (x, eps.detach(), params), base, compiled, form)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, eps, params = ctx.saved_tensors
+        dx, deps = _run(1, (x, dy, eps.detach(), params), ctx.base, ctx.compiled, ctx.form)
         dx = dx if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None, None
@@ -186,11 +259,17 @@ class EAFOActivation(nn.Module):
         learnable: whether ε is trained.
         impl: ``"auto"`` (compiled where possible), ``"compiled"``, ``"eager"`` or ``"reference"`` (the plain
             expression, differentiated by autograd).
+        form: how ĥ is evaluated. ``"auto"``: the fitted closed form (``eafo_fit``, no table lookups) where
+            one is within tolerance of the table and the compute dtype is float32 (float32 and half inputs),
+            else the cubic-Hermite table; ``"table"``: always the table; ``"fit"``: the closed form in every
+            dtype where there is one (tests).
         inplace: accepted for timm compatibility and ignored.
 
     State: ``eps`` (parameter), and the buffers ``table`` ([2, n + 1]: ĥ and ĥ' on the grid), ``grid``
     ([lo, hi]) and ``eps_interval`` (the normalised monotone interval), all in ``state_dict``. ``set_table``
-    swaps in a new derivation (the dynamic mode, ``EAFODeriveCallback``).
+    swaps in a new derivation (the dynamic mode, ``EAFODeriveCallback``). The closed form is refitted from
+    the table (``set_table(..., envelope=(mean, std))``; the static table gets N(mu, sigma)) and never
+    stored: a loaded table other than the fitted one drops it.
     """
 
     base: str = "gelu"
@@ -207,6 +286,7 @@ class EAFOActivation(nn.Module):
         learnable: bool = True,
         impl: str = "auto",
         inplace: bool = False,
+        form: str = "auto",
     ) -> None:
         super().__init__()
         from crrelu_lightning.entropy import derive
@@ -219,6 +299,11 @@ class EAFOActivation(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        self.form = form
+        self._fit_form: Optional[Tuple[int, int, bool]] = None  # (power, degree, standard envelope)
+        self._fit_key: Optional[str] = None
         self.taper_width, self.taper, self.grid_size = float(taper_width), taper, int(grid_size)
         self._generic: Optional[nn.Module] = None
         if self.base not in cr_math.CR_BASES:
@@ -232,8 +317,9 @@ class EAFOActivation(nn.Module):
         self.register_buffer("eps_interval", torch.zeros(2))
         self.register_buffer("_coef", torch.zeros(4, self.grid_size), persistent=False)
         self.register_buffer("_grid", torch.zeros(2), persistent=False)
+        self.register_buffer("_fit_params", torch.zeros(eafo_fit.N_PARAMS), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
-        self.set_table(x, h, dh, interval)
+        self.set_table(x, h, dh, interval, envelope=(float(mu), float(sigma)))
         self.input_description = f"N({mu:g}, {sigma:g}^2)"
 
     # ------------------------------------------------------------------ the table
@@ -244,8 +330,13 @@ class EAFOActivation(nn.Module):
         h: Union[np.ndarray, torch.Tensor],
         dh: Union[np.ndarray, torch.Tensor],
         eps_interval: Tuple[float, float],
+        envelope: Optional[Tuple[float, float]] = None,
     ) -> None:
-        """Replace the correction by ĥ, ĥ' on the uniform grid ``x`` (same number of nodes), in place."""
+        """Replace the correction by ĥ, ĥ' on the uniform grid ``x`` (same number of nodes), in place.
+
+        ``envelope``: (mean, std) of the input the table was derived for; given, the closed form is fitted
+        (kept only within tolerance). Without it the table kernel is used.
+        """
         x = torch.tensor(np.asarray(x, dtype=np.float64))
         if x.numel() != self.grid_size + 1:
             raise ValueError(f"table needs {self.grid_size + 1} grid nodes (grid_size={self.grid_size}), got {x.numel()}")
@@ -253,6 +344,33 @@ class EAFOActivation(nn.Module):
         self.grid.copy_(torch.stack([x[0], x[-1]]))
         self.eps_interval.copy_(torch.tensor([float(v) for v in eps_interval], dtype=torch.float64))
         self._refresh()
+        self._fit_form, self._fit_key = None, None
+        if envelope is not None and self._generic is None:
+            fit = _cached_fit(self.base, x.numpy(), np.asarray(h, dtype=np.float64), np.asarray(dh, dtype=np.float64),
+                              float(envelope[0]), float(envelope[1]))
+            if fit is not None:
+                self._fit_params.copy_(torch.from_numpy(fit.params))
+                self._fit_form = (fit.power, fit.degree, bool(fit.standard_envelope))
+                self._fit_key = _table_key(self.table)
+
+    @property
+    def uses_closed_form(self) -> bool:
+        """Whether a fitted closed form is available (used for float32 compute with ``form="auto"``)."""
+        return self._fit_form is not None
+
+    def _fit_for(self, x: torch.Tensor) -> bool:
+        """Closed form or table for this input: ``form``, the compute dtype and the implementation decide.
+
+        ``"auto"`` keeps the table for the eager implementation: as separate eager ops the closed form's
+        multiply-adds are each a pass over memory, slower than the table's lookups.
+        """
+        if self._fit_form is None or self.form == "table" or self._fit_params.dtype in _HALF:
+            return False
+        if self.form == "fit":
+            return True
+        if _compute_dtype(x.dtype, self.eps.dtype) != torch.float32:
+            return False
+        return torch.compiler.is_compiling() or self._resolve(x.device) != "eager"
 
     @torch.no_grad()
     def _refresh(self) -> None:
@@ -265,7 +383,10 @@ class EAFOActivation(nn.Module):
         self._grid.copy_(torch.stack([lo, torch.tensor(1.0 / dx, dtype=torch.float64)]))
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
-        """ĥ(x), the interpolated table."""
+        """ĥ(x) as the forward evaluates it for x's dtype: the closed form or the interpolated table."""
+        if self._fit_for(x):
+            power, degree, _ = self._fit_form
+            return eafo_fit.correction_and_slope(x, self._fit_params.to(x.dtype), power, degree, slope=False)
         return _interp(x, self._coef.to(x.dtype), self._grid.to(x.dtype))
 
     # ------------------------------------------------------------------ forward
@@ -282,6 +403,8 @@ class EAFOActivation(nn.Module):
             return self.reference(x)
         if self._generic is not None:
             return _GenericEAFOFunction.apply(x, self.eps, self._coef, self._grid, self._generic)
+        if self._fit_for(x):
+            return EAFOFitFunction.apply(x, self.eps, self._fit_params, self.base, self._fit_form, impl == "compiled")
         return EAFOFunction.apply(x, self.eps, self._coef, self._grid, self.base, impl == "compiled")
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,14 +412,32 @@ class EAFOActivation(nn.Module):
         cd = _compute_dtype(x.dtype, self.eps.dtype)
         xf = x.to(cd)
         base = self._generic(xf) if self._generic is not None else cr_math.base_forward(self.base, xf)
-        return (base + self.eps.to(cd) * _interp(xf, self._coef.to(cd), self._grid.to(cd))).to(x.dtype)
+        return (base + self.eps.to(cd) * self.correction(xf)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"base={self.base}, eps={self.eps.item():.4g}, table={self.input_description}, impl={self.impl}"
+        form = "closed form" if self.uses_closed_form and self.form != "table" else "table"
+        return f"base={self.base}, eps={self.eps.item():.4g}, table={self.input_description}, impl={self.impl}, kernel={form}"
 
 
 def _refresh_after_load(module: "EAFOActivation", incompatible_keys) -> None:
     module._refresh()  # the interval coefficients derive from the loaded table and grid
+    if module._fit_key is not None and _table_key(module.table) != module._fit_key:
+        module._fit_form, module._fit_key = None, None  # a different table: its closed form is unknown
+
+
+def _table_key(table: torch.Tensor) -> str:
+    return hashlib.sha1(table.detach().cpu().double().numpy().tobytes()).hexdigest()
+
+
+_FITS: Dict[Tuple[Any, ...], Optional[eafo_fit.ClosedForm]] = {}
+
+
+def _cached_fit(base: str, x: np.ndarray, h: np.ndarray, dh: np.ndarray, mean: float, std: float):
+    """``eafo_fit.fit_closed_form``, once per distinct table (every layer of a model shares the static one)."""
+    key = (base, mean, std, hashlib.sha1(x.tobytes() + h.tobytes() + dh.tobytes()).hexdigest())
+    if key not in _FITS:
+        _FITS[key] = eafo_fit.fit_closed_form(x, h, dh, base, mean, std)
+    return _FITS[key]
 
 
 def cr_math_disable_compile() -> bool:
