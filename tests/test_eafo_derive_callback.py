@@ -131,8 +131,12 @@ def test_resume_is_exact(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DDP: identical tables
-def _drive(rank, world, steps=6, batch=64):
-    """Plain-torch driver of the callback's hooks; rank r sees rows r, r + W, ... of each batch."""
+def _drive(rank, world, steps=6, batch=64, shards=None):
+    """Plain-torch driver of the callback's hooks; rank r sees rows r, r + W, ... of each batch.
+
+    ``shards`` (single process only): forward the batch as that many interleaved shards, as the ranks do, so
+    every activation is computed bit for bit as on its rank (a Linear's last bits depend on the batch size).
+    """
     torch.manual_seed(0)
     model = TinyEAFO()
     cb = EAFODeriveCallback(every_n_steps=2, collect_every_n_steps=1, bins=48, max_samples_per_call=None,
@@ -152,7 +156,11 @@ def _drive(rank, world, steps=6, batch=64):
         rows = data[step * batch:(step + 1) * batch]
         cb.on_train_batch_start(trainer, model, None, step)
         with torch.no_grad():
-            model(rows[rank::world] * (1.0 + 0.1 * step))
+            if shards is None:
+                model(rows[rank::world] * (1.0 + 0.1 * step))
+            else:
+                for r in range(shards):
+                    model(rows[r::shards] * (1.0 + 0.1 * step))
         trainer.global_step += 1
         cb.on_train_batch_end(trainer, model, None, None, step)
     cb.teardown(trainer, model, "fit")
@@ -174,7 +182,7 @@ def test_ddp_two_gloo_processes_get_identical_tables(tmp_path):
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     (s0, n0), (s1, n1) = (torch.load(tmp_path / f"state_{r}.pt") for r in (0, 1))
-    single, n = _drive(0, 1)
+    single, n = _drive(0, 1, shards=2)
     assert n0 == n1 == n == 3  # after steps 1, 3 and 5 (step 0 calibrates the ranges)
     static = TinyEAFO().act1.table
     assert not torch.equal(s0["act1.table"], static)

@@ -103,27 +103,24 @@ def fit_closed_form(x: np.ndarray, h: np.ndarray, dh: np.ndarray, base: str, mea
     alpha = 2.0 / (b - a)
     beta = -2.0 * a / (b - a) - 1.0
     t = xs * alpha + beta
-    f1 = cr_math.base_derivative(base, torch.tensor(xs)).numpy()
-    u = xs - a
-
+    # sup |ĥ'/f'| is checked on the grid and on points crowding the left end, where f' → 0 for a smooth base
+    # (the ratio is 0/0 there, with a finite limit the fit must also keep ≤ 1).
+    xr = np.concatenate([xs, a + (b - a) * np.geomspace(1e-7, 1e-2, 64)])
+    f1 = cr_math.base_derivative(base, torch.tensor(xr)).numpy()
+    tr = xr * alpha + beta
     def cost(width: float, degree: int) -> int:  # ≈ vector operations per element
         shared = base == "gelu" and mean == 0.0 and std * width == 1.0
         return degree + (0 if shared else _ENVELOPE_OPS)
 
     for width, degree in sorted(((w, d) for w in _WIDTHS for d in DEGREES), key=lambda wd: cost(*wd)):
-        tp = t[:, None] ** np.arange(degree + 1)
-        dtp = np.concatenate([np.zeros((len(t), 1)), tp[:, :-1] * np.arange(1, degree + 1)], 1) * alpha
         c = -0.5 / (std * width) ** 2
-        env = np.exp(c * (xs - mean) ** 2)
         best = None
         for k in _POWERS:
-            g = u**k * env
-            dg = (k * u ** (k - 1) + u**k * 2.0 * c * (xs - mean)) * env
-            basis, dbasis = g[:, None] * tp, dg[:, None] * tp + g[:, None] * dtp
+            basis, dbasis = _basis(xs, a, mean, c, k, t, alpha, degree)
             lhs = np.concatenate([basis / hmax, dbasis / dmax])
             rhs = np.concatenate([h[sel] / hmax, dh[sel] / dmax])
             coef = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-            ratio = np.abs(dbasis @ coef)[f1 > 0] / f1[f1 > 0]
+            ratio = np.abs(_basis(xr, a, mean, c, k, tr, alpha, degree)[1] @ coef)[f1 > 0] / f1[f1 > 0]
             sup = float(ratio.max()) if ratio.size else 0.0
             if sup > 1.0:
                 coef = coef / sup  # keep ε ∈ (−1, 1) monotone on the grid
@@ -137,6 +134,17 @@ def fit_closed_form(x: np.ndarray, h: np.ndarray, dh: np.ndarray, base: str, mea
         if best[0] <= 1.0:
             return best[1]  # the cheapest (width, degree) within tolerance
     return None
+
+
+def _basis(x, a, mean, c, k, t, alpha, degree):
+    """Columns (x − a)^k·E·t^j and their x-derivatives, j = 0 … degree."""
+    u = x - a
+    env = np.exp(c * (x - mean) ** 2)
+    g = u**k * env
+    dg = (k * u ** (k - 1) + u**k * 2.0 * c * (x - mean)) * env
+    tp = t[:, None] ** np.arange(degree + 1)
+    dtp = np.concatenate([np.zeros((len(t), 1)), tp[:, :-1] * np.arange(1, degree + 1)], 1) * alpha
+    return g[:, None] * tp, dg[:, None] * tp + g[:, None] * dtp
 
 
 def _float32_errors(x, h, dh, params, power, degree, hmax, dmax) -> Tuple[float, float]:
