@@ -167,9 +167,30 @@ def _make_cli_class():
 
         def before_instantiate_classes(self) -> None:
             config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            _refuse_linked_model_values(config)
             _inject_optimizers(config)
 
     return CRReLUCLI
+
+
+class LinkedArgumentError(ValueError):
+    """A model argument that the CLI links from the datamodule was also given."""
+
+
+def _refuse_linked_model_values(config) -> None:
+    """A value given for a linked model argument would be overwritten by the datamodule's: say so instead."""
+    model = config.get("model") if hasattr(config, "get") else None
+    init = model.get("init_args") if model is not None and hasattr(model, "get") else None
+    if init is None or not hasattr(init, "get"):
+        return
+    given = [k for k in DATA_TO_MODEL if init.get(k) is not None]
+    if given:
+        keys = ", ".join(f"model.{k}={init.get(k)!r}" for k in given)
+        raise LinkedArgumentError(
+            f"{keys}: these come from the datamodule (linked: data.{given[0]} → model.{given[0]}), so a value here "
+            "would be ignored. Remove it, and set the data instead (e.g. --data.root for an ImageFolder's classes; "
+            "the image size and channels follow the dataset)."
+        )
 
 
 def cli_main(args: Optional[List[str]] = None, run: bool = True):
@@ -205,6 +226,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # LightningCLI reads sys.argv itself when args is None (passing both triggers a warning).
     try:
         cli_main(None if from_sys else argv)
+    except LinkedArgumentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
         unknown = _unknown_activation(err)
         if unknown is None:

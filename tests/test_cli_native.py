@@ -167,3 +167,13 @@ def test_compare_run_activation_wins_over_an_overlay_that_names_one(tmp_path, mo
         names = [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"]["callbacks"]]
         assert "EAFODeriveCallback" in names and "ActivationEntropyMonitor" in names
     assert seen == {"gelu_dyn": "eafo_gelu", "silu_dyn": "eafo_silu"}
+
+
+def test_a_linked_model_value_is_refused_not_silently_replaced(tmp_path, monkeypatch, capsys):
+    from crrelu_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["fit", "--config", DEMO, "--model.num_classes", "5", "--trainer.max_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.num_classes=5" in err and "data.num_classes" in err
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything was built or written
