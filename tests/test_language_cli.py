@@ -121,3 +121,41 @@ def test_entropy_monitor_and_eafo_run_on_gpt_lm_and_dpo(tmp_path):
     assert len(fit(dpo, pm)) == 2  # the policy's two layers only: the frozen reference is not monitored
     assert all(b.mlp.act.eps.item() != pytest.approx(0.01) for b in dpo.policy.transformer.h)
     assert all(b.mlp.act.eps.item() == pytest.approx(0.01) for b in dpo.reference.transformer.h)
+
+
+@pytest.mark.parametrize("config", ["shakespeare_char.yaml", "sentiment_dpo.yaml"])
+def test_optimizer_and_scheduler_from_the_command_line_on_lm_and_dpo(tmp_path, monkeypatch, config):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path)
+    write_sentiment(tmp_path)
+    extra = [] if config.startswith("shakespeare") else ["--model.init_from", "null", "--model.gpt.vocab_size", "300"]
+    cli = cli_main(["--config", str(CONFIGS / config), *TINY_MODEL, *QUICK, *extra,
+                    "--optimizer", "SGD", "--optimizer.lr", "0.05", "--optimizer.weight_decay", "0.01",
+                    "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "2"], run=False)
+    model = cli.model
+    model.trainer = cli.trainer
+    out = model.configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.05
+    assert type(sched) is torch.optim.lr_scheduler.StepLR and sched.step_size == 2
+    net = model.model if hasattr(model, "model") else model.policy
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in net.named_parameters():
+        assert decay[id(p)] == (0.01 if p.ndim >= 2 else 0.0), name  # --optimizer's decay, matrices only
+    assert model.hparams.optimizer["class_path"] == "torch.optim.SGD"  # re-creatable from config and checkpoint
+
+
+def test_recipe_optimizer_names_still_work_and_typos_fail():
+    from crrelu_lightning.models.dpo import DPO
+    from crrelu_lightning.models.gpt import GPTConfig
+    from crrelu_lightning.models.language import CausalLM
+
+    gpt = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64)
+    lm = CausalLM(gpt=gpt, optimizer="rmsprop", lr=1e-3, max_steps=10)
+    assert lm.hparams.optimizer == "rmsprop"
+    opt = lm.configure_optimizers()["optimizer"]
+    assert type(opt) is torch.optim.RMSprop and opt.defaults["lr"] == 1e-3
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        CausalLM(gpt=gpt, optimizer="adamx")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        DPO(gpt=gpt, optimizer="sgdd")

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
 from torch.nn import functional as F
 
 from crrelu_lightning.models.gpt import GPT, GPTConfig
-from crrelu_lightning.models.language import as_config, build_gpt, check_data_fits, resolve_init_from, store_gpt
-from crrelu_lightning.models.optim import param_groups
+from crrelu_lightning.models.language import (
+    as_config, build_gpt, check_data_fits, check_optimizer, resolve_init_from, store_gpt,
+)
+from crrelu_lightning.models.optim import (
+    LRSchedulerCallable, OptimizerCallable, param_groups, unsaved_callables, with_scheduler,
+)
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +61,10 @@ class DPO(LightningModule):
     Args:
         activation: a registry name swapped into the policy (and reference) after loading.
         beta: DPO temperature β.
-        optimizer: ``"rmsprop"`` (the reference DPO code's default) or ``"adamw"``.
+        optimizer: ``"rmsprop"`` (the reference DPO code's default), ``"adamw"`` (both with ``lr`` and
+            ``weight_decay``), or an ``OptimizerCallable`` (``--optimizer Adam --optimizer.lr 1e-6``), called on
+            the parameter groups (no decay on ``ndim < 2``).
+        lr_scheduler: an ``LRSchedulerCallable``; None -> linear warm-up over ``warmup_steps``, then constant.
         warmup_steps: linear warm-up, then constant lr (as in the reference code).
         compile: ``torch.compile`` the policy in place (``nn.Module.compile``: checkpoints unchanged); the
             frozen reference and the loss stay eager.
@@ -70,7 +77,8 @@ class DPO(LightningModule):
         activation: Optional[str] = None,
         activation_kwargs: Optional[Dict[str, Any]] = None,
         beta: float = 0.1,
-        optimizer: str = "rmsprop",
+        optimizer: Union[Literal["rmsprop", "adamw"], OptimizerCallable] = "rmsprop",
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr: float = 5e-7,
         weight_decay: float = 0.0,
         warmup_steps: int = 150,
@@ -79,15 +87,16 @@ class DPO(LightningModule):
         super().__init__()
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        if optimizer not in ("rmsprop", "adamw"):
-            raise ValueError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
+        check_optimizer(optimizer, ("rmsprop", "adamw"))
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         gpt = as_config(gpt)
         if init_from is not None:  # stored as the file it meant now: a run folder's newest run may change
             init_from = str(resolve_init_from(init_from).resolve())
-        self.save_hyperparameters(ignore=["gpt"])
+        self.save_hyperparameters(ignore=["gpt", *unsaved_callables(
+            optimizer=optimizer if callable(optimizer) else None, lr_scheduler=lr_scheduler)])
         self.hparams.update(gpt=asdict(gpt) if gpt is not None else None, init_from=init_from)
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.policy = build_gpt(gpt, init_from, activation, activation_kwargs)
         self._set_reference(self.policy)
         if compile:
@@ -143,11 +152,14 @@ class DPO(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.policy, hp.weight_decay)
-        if hp.optimizer == "rmsprop":
-            opt = torch.optim.RMSprop(groups, lr=hp.lr)
+        if callable(self.optimizer):  # --optimizer: its own lr and weight decay; ndim < 2 stays undecayed
+            opt = self.optimizer(param_groups(self.policy))
+        elif self.optimizer == "rmsprop":
+            opt = torch.optim.RMSprop(param_groups(self.policy, hp.weight_decay), lr=hp.lr)
         else:
-            opt = torch.optim.AdamW(groups, lr=hp.lr)
+            opt = torch.optim.AdamW(param_groups(self.policy, hp.weight_decay), lr=hp.lr)
+        if self.lr_scheduler is not None:
+            return with_scheduler(self, opt, self.lr_scheduler)
         warm = max(1, hp.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

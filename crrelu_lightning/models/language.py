@@ -17,7 +17,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from crrelu_lightning.models.gpt import CHECKPOINT_KEY, GPT, GPTConfig, checkpoint_gpt
-from crrelu_lightning.models.optim import param_groups, warmup_cosine_scheduler
+from crrelu_lightning.models.optim import (
+    LRSchedulerCallable, OptimizerCallable, param_groups, unsaved_callables, warmup_cosine_scheduler, with_scheduler,
+)
 
 def resolve_init_from(init_from: Union[str, Path]) -> Path:
     """``init_from`` as a Hugging Face GPT-2 folder or a checkpoint file. A run folder means its
@@ -109,6 +111,12 @@ def sequence_targets(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def check_optimizer(optimizer: Any, names: Tuple[str, ...]) -> None:
+    """A recipe optimizer is one of ``names`` or an ``OptimizerCallable`` (``--optimizer``)."""
+    if not callable(optimizer) and optimizer not in names:
+        raise ValueError(f"optimizer must be one of {names} or an optimizer (--optimizer CLASS), got {optimizer!r}")
+
+
 def store_gpt(checkpoint: Dict[str, Any], model: GPT, prefix: str, init_from: Optional[str]) -> None:
     """The model's actual shape (it may come from ``init_from``) travels with the weights, explicitly."""
     checkpoint[CHECKPOINT_KEY] = {"config": asdict(model.config), "prefix": prefix, "init_from": init_from}
@@ -126,6 +134,9 @@ class CausalLM(LightningModule):
             (its ``checkpoints/last.ckpt``); the shape is read from it. The checkpoints of this module
             hold the shape and weights, so they reload without ``init_from``.
         activation: a registry name replacing ``gpt.activation``, or swapped in after loading ``init_from``.
+        optimizer: ``"adamw"`` (default) or ``"rmsprop"``, both with ``lr``/``weight_decay``/``betas``, or an
+            ``OptimizerCallable`` (``--optimizer SGD --optimizer.lr 0.1``) called on the parameter groups.
+        lr_scheduler: an ``LRSchedulerCallable``; None -> warm-up + cosine (``warmup_steps``, ``min_lr_ratio``).
         max_steps: length of the cosine schedule; None -> ``trainer.estimated_stepping_batches``.
         sample_tokenizer: used only to decode samples; None -> the datamodule's tokenizer, else bytes.
         compile: ``torch.compile`` the GPT in place (``nn.Module.compile``: checkpoints unchanged); the loss
@@ -138,7 +149,8 @@ class CausalLM(LightningModule):
         init_from: Optional[str] = None,
         activation: Optional[str] = None,
         activation_kwargs: Optional[Dict[str, Any]] = None,
-        optimizer: Literal["adamw", "rmsprop"] = "adamw",
+        optimizer: Union[Literal["adamw", "rmsprop"], OptimizerCallable] = "adamw",
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         betas: Tuple[float, float] = (0.9, 0.95),
@@ -155,10 +167,11 @@ class CausalLM(LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        if optimizer not in ("adamw", "rmsprop"):
-            raise ValueError(f"optimizer must be 'adamw' or 'rmsprop', got {optimizer!r}")
+        check_optimizer(optimizer, ("adamw", "rmsprop"))
         gpt = as_config(gpt)
-        self.save_hyperparameters(ignore=["gpt"])
+        self.save_hyperparameters(ignore=["gpt", *unsaved_callables(
+            optimizer=optimizer if callable(optimizer) else None, lr_scheduler=lr_scheduler)])
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.hparams["gpt"] = asdict(gpt) if gpt is not None else None  # a plain dict: weights_only loading
         self.model = build_gpt(gpt, init_from, activation, activation_kwargs)
         if compile:
@@ -236,11 +249,14 @@ class CausalLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.model, hp.weight_decay)
-        if hp.optimizer == "rmsprop":  # the reference DPO code's optimizer, for SFT as for DPO
-            opt = torch.optim.RMSprop(groups, lr=hp.lr)
+        if callable(self.optimizer):  # --optimizer: its own lr and weight decay; ndim < 2 stays undecayed
+            opt = self.optimizer(param_groups(self.model))
+        elif self.optimizer == "rmsprop":  # the reference DPO code's optimizer, for SFT as for DPO
+            opt = torch.optim.RMSprop(param_groups(self.model, hp.weight_decay), lr=hp.lr)
         else:
-            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+            opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        if self.lr_scheduler is not None:
+            return with_scheduler(self, opt, self.lr_scheduler, hp.max_steps)
         total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
         if hp.warmup_steps >= total:
             rank_zero_warn(f"warmup_steps={hp.warmup_steps} >= total steps {total}; the cosine phase never starts")

@@ -186,6 +186,12 @@ def configure_optimization(
     opt = (optimizer or default_adamw)(params)
     if lr_scheduler is None:
         return opt
+    return with_scheduler(module, opt, lr_scheduler, total_steps, monitor)
+
+
+def with_scheduler(module: Any, opt: Optimizer, lr_scheduler: Callable[[Optimizer], Any],
+                   total_steps: Optional[int] = None, monitor: str = "val/loss") -> Dict[str, Any]:
+    """``{"optimizer", "lr_scheduler"}`` for a built optimizer and an ``LRSchedulerCallable`` (see above)."""
     sched = lr_scheduler(opt)
     config: Dict[str, Any] = {"scheduler": sched, "interval": getattr(sched, "step_interval", "epoch")}
     if hasattr(sched, "fit_to_run"):
