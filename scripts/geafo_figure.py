@@ -80,7 +80,31 @@ def main(argv=None) -> None:
     fig.tight_layout()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=90)
-    print(f"wrote {a.out}")
+    print(f"wrote {a.out}\n")
+    print(last_values_table(a.outs, [lab for _, labels in rows for lab in labels], read_scalars))
+
+
+def last_values_table(outs: List[Path], labels: List[str], read_scalars) -> str:
+    """Markdown: per label, each panel's value at the last logged step, mean ± sd over seeds (n seeds)."""
+    import statistics
+
+    head = "| label | n | last step | " + " | ".join(t for _, t in PANELS) + " |"
+    lines = [head, "|" + "---|" * (len(PANELS) + 3)]
+    for label in labels:
+        scalars = [read_scalars(d) for d in find_runs(outs, label)]
+        cells, steps = [], set()
+        for prefix, _ in PANELS:
+            last = [series[-1] for series in (layer_mean(s, prefix) for s in scalars) if series]
+            steps.update(step for step, _ in last)
+            vals = [v for _, v in last]
+            if not vals:
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.4f}")
+            else:
+                cells.append(f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}")
+        lines.append(f"| {label} | {len(scalars)} | {max(steps) if steps else '–'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
