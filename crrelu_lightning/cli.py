@@ -118,6 +118,9 @@ def _make_cli_class():
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
             if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
                 load_checkpoint_file(ckpt_path, mmap=True)
+            # Before the checkpoint's hyperparameters (which hold the linked values) are merged in: what is
+            # set here came from the user's command line or config.
+            _refuse_linked_model_values(self.config[sub] if sub else self.config)
             super()._parse_ckpt_path()
 
         def instantiate_trainer(self, **kwargs):
@@ -167,7 +170,6 @@ def _make_cli_class():
 
         def before_instantiate_classes(self) -> None:
             config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-            _refuse_linked_model_values(config)
             _inject_optimizers(config)
 
     return CRReLUCLI
