@@ -177,3 +177,14 @@ def test_a_linked_model_value_is_refused_not_silently_replaced(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert rc == 2 and "model.num_classes=5" in err and "data.num_classes" in err
     assert not (tmp_path / "lightning_logs").exists()  # refused before anything was built or written
+
+
+def test_test_from_a_checkpoint_is_not_refused_by_its_own_linked_values(tmp_path, monkeypatch):
+    # The checkpoint's hyperparameters hold num_classes, img_size … (linked at fit); they are not user input.
+    monkeypatch.chdir(tmp_path)
+    data = _demo_data(tmp_path / "data")
+    cli_main(["fit", "--config", DEMO, *TINY, *data, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.enable_progress_bar", "false"])
+    [ckpt] = (tmp_path / "lightning_logs").rglob("last.ckpt")
+    assert main(["test", "--config", DEMO, *TINY, *data, f"--ckpt_path={ckpt}", "--trainer.limit_test_batches", "1",
+                 "--trainer.enable_progress_bar", "false"]) == 0
