@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), len(PANELS), squeeze=False)
     for r, (name, labels) in enumerate(rows):
-        for label in labels:
+        for i, label in enumerate(labels):
+            color = f"C{i}"  # one colour per label in every panel (ReLU-style rows have no ε for the base)
             scalars = [read_scalars(d) for d in find_runs(a.outs, label)]
             for c, (prefix, title) in enumerate(PANELS):
                 series = [layer_mean(s, prefix) for s in scalars]
@@ -71,9 +72,9 @@ def main(argv=None) -> None:
                     continue
                 steps, means, sds = mean_band(series)
                 ax = axes[r][c]
-                line, = ax.plot(steps, means, label=f"{label} (n={len(series)})")
+                ax.plot(steps, means, color=color, label=f"{label} (n={len(series)})")
                 ax.fill_between(steps, [m - s for m, s in zip(means, sds)], [m + s for m, s in zip(means, sds)],
-                                color=line.get_color(), alpha=0.2)
+                                color=color, alpha=0.2)
                 ax.set_title(f"{name}: {title}", fontsize=9)
                 ax.set_xlabel("optimizer step", fontsize=8)
         axes[r][0].legend(fontsize=7)
