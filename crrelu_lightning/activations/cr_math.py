@@ -132,6 +132,12 @@ def normal_cdf_fused(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0, half, 1.0 - half)
 
 
+def gelu_fused(x: torch.Tensor, g: torch.Tensor, dy=None) -> torch.Tensor:
+    """GELU x·Φ(x) (or dy·GELU'(x) when dy is given) from x and ``g`` = exp(−x²/2), without erf."""
+    cdf = normal_cdf_fused(x, g)
+    return x * cdf if dy is None else dy * (cdf + x * (g * _INV_SQRT2PI))
+
+
 def gaussian(x2: torch.Tensor, c: float, fused: bool) -> torch.Tensor:
     """exp(c·x2); the polynomial only pays off inside a fused (compiled) kernel, eager ``torch.exp`` is one pass."""
     if fused and x2.dtype == torch.float32:

@@ -96,8 +96,7 @@ def eafo_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, coef: torch.T
 def _fast_base(base: str, x: torch.Tensor, g: Optional[torch.Tensor], dy: Optional[torch.Tensor] = None):
     """f(x) (or dy·f'(x) when dy is given); with ``g`` = exp(−x²/2), GELU without Sleef's erf."""
     if base == "gelu" and g is not None:
-        cdf = cr_math.normal_cdf_fused(x, g)
-        return x * cdf if dy is None else dy * (cdf + x * (g * _INV_SQRT2PI))
+        return cr_math.gelu_fused(x, g, dy)
     return cr_math.base_forward(base, x) if dy is None else cr_math.base_backward(base, x, dy)
 
 
@@ -125,8 +124,6 @@ def fit_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, params: torch.
     dx = _fast_base(base, xf, g, dyf) + eps.to(cd) * (dyf * dh)
     return dx.to(x.dtype), (dyf * h).sum()
 
-
-_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 _compiled: Dict[Tuple[Any, ...], Tuple[Callable, Callable]] = {}
@@ -360,7 +357,7 @@ class EAFOActivation(nn.Module):
         """Whether a fitted closed form is available (used for float32 compute with ``form="auto"``)."""
         return self._fit_form is not None
 
-    def _fit_for(self, x: torch.Tensor) -> bool:
+    def _fit_for(self, x: torch.Tensor, impl: Optional[str] = None) -> bool:
         """Closed form or table for this input: ``form``, the compute dtype and the implementation decide.
 
         ``"auto"`` keeps the table for the eager implementation: as separate eager ops the closed form's
@@ -372,7 +369,7 @@ class EAFOActivation(nn.Module):
             return True
         if _compute_dtype(x.dtype, self.eps.dtype) != torch.float32:
             return False
-        return torch.compiler.is_compiling() or self._resolve(x.device) != "eager"
+        return torch.compiler.is_compiling() or (impl or self._resolve(x.device)) != "eager"
 
     @torch.no_grad()
     def _refresh(self) -> None:
@@ -405,7 +402,7 @@ class EAFOActivation(nn.Module):
             return self.reference(x)
         if self._generic is not None:
             return _GenericEAFOFunction.apply(x, self.eps, self._coef, self._grid, self._generic)
-        if self._fit_for(x):
+        if self._fit_for(x, impl):
             return EAFOFitFunction.apply(x, self.eps, self._fit_params, self.base, self._fit_form, impl == "compiled")
         return EAFOFunction.apply(x, self.eps, self._coef, self._grid, self.base, impl == "compiled")
 
