@@ -128,6 +128,36 @@ def test_compiled_model_matches_eager():
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["fit", "table"])
+def test_outer_compile_saves_only_x_and_the_next_layers_input(form):
+    """Under a user's torch.compile the bodies are opaque custom ops: AOTAutograd keeps x (EAFO's backward) and
+    y (the next Linear's weight gradient), not the forward's ĥ or masks that a traced body let it share."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), build_activation("eafo_gelu", form=form, impl="compiled"), nn.Linear(64, 4))
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(32, 8)
+    compiled(x).sum().backward()  # compile once outside the hooks
+    model.zero_grad()
+    big = []
+
+    def pack(t):
+        if t.numel() == 32 * 64:
+            big.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = compiled(x)
+    out.sum().backward()
+    assert len(big) == 2
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model[1].impl = "reference"
+    model(x).sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_state_dict_round_trip_and_set_table():
     a = build_activation("eafo_silu", impl="eager")
     d = derive_correction("silu", NormalInput(0.4, 0.3))

@@ -47,14 +47,14 @@ _triton_failed = False
 _torch_compile = torch.compile  # indirection so tests can simulate a broken compiler
 # Let the C++ compiler fuse a*b + c into FMAs (Inductor compiles with -ffp-contract=off by default). This is
 # not fast-math: no reassociation or other value-changing rewrites.
-_INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _compile_enabled() -> bool:
+def compile_enabled() -> bool:
     return not _env_flag("CRRELU_DISABLE_COMPILE")
 
 
@@ -91,7 +91,7 @@ def _compiled_bodies(base: str, sigma: float, device_type: str) -> Optional[Tupl
     if bodies is None:
         try:
             bodies = tuple(
-                _torch_compile(body, fullgraph=True, options=_INDUCTOR_OPTIONS) for body in _bodies(base, sigma)
+                _torch_compile(body, fullgraph=True, options=INDUCTOR_OPTIONS) for body in _bodies(base, sigma)
             )
         except Exception as err:  # pragma: no cover - depends on the installed backend
             _disable_compile(device_type, err)
@@ -128,11 +128,11 @@ def _disable_triton(err: BaseException) -> None:
     )
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
+def flat(t: torch.Tensor) -> torch.Tensor:
     """1-D contiguous view with its length marked dynamic (one compiled graph for every shape)."""
-    flat = t.contiguous().view(-1)
-    torch._dynamo.maybe_mark_dynamic(flat, 0)
-    return flat
+    out = t.contiguous().view(-1)
+    torch._dynamo.maybe_mark_dynamic(out, 0)
+    return out
 
 
 def _run_kernels(which: int, args: Tuple[torch.Tensor, ...], base: str, sigma: float):
@@ -146,15 +146,15 @@ def _run_kernels(which: int, args: Tuple[torch.Tensor, ...], base: str, sigma: f
         try:
             from crrelu_lightning.activations import cr_triton
 
-            flat = tuple(a.contiguous() for a in args[:-1]) + (args[-1],)
-            out = (cr_triton.cr_forward, cr_triton.cr_backward)[which](*flat, base, sigma)
+            dense = tuple(a.contiguous() for a in args[:-1]) + (args[-1],)
+            out = (cr_triton.cr_forward, cr_triton.cr_backward)[which](*dense, base, sigma)
             return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
         except Exception as err:  # pragma: no cover - needs a GPU
             _disable_triton(err)
     bodies = _compiled_bodies(base, sigma, x.device.type)
     if bodies is not None:
         try:
-            out = bodies[which](*(_flat(a) for a in args[:-1]), args[-1])
+            out = bodies[which](*(flat(a) for a in args[:-1]), args[-1])
             return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
         except Exception as err:  # Inductor compiles lazily, on the first call
             _disable_compile(x.device.type, err)
@@ -211,7 +211,7 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if impl == "auto":
         if torch.compiler.is_compiling():
             return "compiled"  # traced either way; skip the environment lookups
-        if not _compile_enabled() or _compile_failed.get(device.type):
+        if not compile_enabled() or _compile_failed.get(device.type):
             return "eager"
         return "compiled"
     return impl

@@ -10,176 +10,28 @@ forward and backward bodies keep only x for backward and reduce dε inside the b
     forward:   y  = f(x) + ε·ĥ(x)
     backward:  dx = dy·(f'(x) + ε·ĥ'(x)),   dε = Σ dy·ĥ(x)
 
-For relu/gelu/silu/mish, f and f' are the closed forms in ``cr_math``; any other registered base is applied by
-its module and differentiated by autograd (slower, eager). Under an outer ``torch.compile`` the bodies are
-traced into the caller's graph (no graph break, fused with the neighbours); in eager mode they run through
-their own ``torch.compile`` (``impl="compiled"``) or as plain torch ops (``impl="eager"``).
+For relu/gelu/silu/mish, f and f' are the closed forms in ``cr_math`` and the bodies live in ``eafo_kernels``
+(compiled once, or plain torch ops for ``impl="eager"``; under an outer ``torch.compile`` called as custom
+ops, no graph break). Any other registered base is applied by its module and differentiated by autograd
+(slower, eager).
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import warnings
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from crrelu_lightning.activations import cr_kernels, cr_math, eafo_fit
+from crrelu_lightning.activations import cr_kernels, cr_math, eafo_fit, eafo_kernels
 from crrelu_lightning.activations.registry import register_activation
 
 IMPLS = ("auto", "compiled", "eager", "reference")
 FORMS = ("auto", "table", "fit")
 _HALF = (torch.float16, torch.bfloat16)
-_INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
-
-
-# --------------------------------------------------------------------------- table → cubic pieces
-def hermite_coefficients(h: torch.Tensor, dh: torch.Tensor, dx: float) -> torch.Tensor:
-    """[4, n] coefficients a0..a3 of h(x_k + s·Δ) = a0 + a1 s + a2 s² + a3 s³ per interval (C¹ Hermite)."""
-    v0, v1 = h[:-1], h[1:]
-    m0, m1 = dh[:-1] * dx, dh[1:] * dx
-    return torch.stack([v0, m0, 3.0 * (v1 - v0) - 2.0 * m0 - m1, 2.0 * (v0 - v1) + m0 + m1])
-
-
-def _locate(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor):
-    """Interval coefficients and local coordinate s of every x; ``inside`` is False off the table (ĥ = 0)."""
-    n = coef.shape[1]
-    t = (x - grid[0]) * grid[1]
-    inside = (t >= 0.0) & (t <= n)
-    t = torch.where(t > 0.0, t, 0.0)  # NaN lands here too: comparisons with NaN are False
-    k = torch.floor(t)
-    k = torch.where(k < n - 1, k, n - 1)
-    s = t - k
-    idx = k.to(torch.int32)
-    # The index is clamped into [0, n − 1] above: the unchecked gather saves a bounds check per load.
-    a = [torch.ops.aten._unsafe_index(coef[j], [idx]) for j in range(4)]
-    return a, s, inside
-
-
-def _interp(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    (a0, a1, a2, a3), s, inside = _locate(x, coef, grid)
-    return torch.where(inside, ((a3 * s + a2) * s + a1) * s + a0, 0.0)
-
-
-def _interp_with_slope(x: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor):
-    (a0, a1, a2, a3), s, inside = _locate(x, coef, grid)
-    h = torch.where(inside, ((a3 * s + a2) * s + a1) * s + a0, 0.0)
-    dh = torch.where(inside, ((3.0 * a3 * s + 2.0 * a2) * s + a1) * grid[1], 0.0)
-    return h, dh
-
-
-def _compute_dtype(x_dtype: torch.dtype, eps_dtype: torch.dtype) -> torch.dtype:
-    xd = torch.float32 if x_dtype in _HALF else x_dtype
-    return torch.promote_types(xd, torch.float32 if eps_dtype in _HALF else eps_dtype)
-
-
-# --------------------------------------------------------------------------- bodies (closed-form bases)
-def eafo_fwd(x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, base: str) -> torch.Tensor:
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf = x.to(cd)
-    y = cr_math.base_forward(base, xf) + eps.to(cd) * _interp(xf, coef.to(cd), grid.to(cd))
-    return y.to(x.dtype)
-
-
-def eafo_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, base: str):
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf, dyf = x.to(cd), dy.to(cd)
-    h, dh = _interp_with_slope(xf, coef.to(cd), grid.to(cd))
-    dx = cr_math.base_backward(base, xf, dyf) + eps.to(cd) * (dyf * dh)
-    deps = (dyf * h).sum()  # dL/dε in the same pass as dx
-    return dx.to(x.dtype), deps
-
-
-# --------------------------------------------------------------------------- bodies (the fitted closed form)
-def _fast_base(base: str, x: torch.Tensor, g: Optional[torch.Tensor], dy: Optional[torch.Tensor] = None):
-    """f(x) (or dy·f'(x) when dy is given); with ``g`` = exp(−x²/2), GELU without Sleef's erf."""
-    if base == "gelu" and g is not None:
-        return cr_math.gelu_fused(x, g, dy)
-    return cr_math.base_forward(base, x) if dy is None else cr_math.base_backward(base, x, dy)
-
-
-def _gelu_gauss(base: str, x: torch.Tensor) -> Optional[torch.Tensor]:
-    return cr_math.gauss_f32(x * x, -0.5) if base == "gelu" and x.dtype == torch.float32 else None
-
-
-def fit_fwd(x: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str, form: Tuple[int, int, bool]):
-    """``form`` = (power, degree, standard envelope): the closed form's static structure (eafo_fit)."""
-    power, degree, shared = form
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf = x.to(cd)
-    g = _gelu_gauss(base, xf)
-    h = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None, slope=False)
-    return (_fast_base(base, xf, g) + eps.to(cd) * h).to(x.dtype)
-
-
-def fit_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str,
-            form: Tuple[int, int, bool]):
-    power, degree, shared = form
-    cd = _compute_dtype(x.dtype, eps.dtype)
-    xf, dyf = x.to(cd), dy.to(cd)
-    g = _gelu_gauss(base, xf)
-    h, dh = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None)
-    dx = _fast_base(base, xf, g, dyf) + eps.to(cd) * (dyf * dh)
-    return dx.to(x.dtype), (dyf * h).sum()
-
-
-
-_compiled: Dict[Tuple[Any, ...], Tuple[Callable, Callable]] = {}
-_compile_failed: Dict[str, bool] = {}
-
-
-def _bodies(base: str, device_type: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
-    """Forward/backward bodies: the table's (``form`` None) or the closed form's (``fit_fwd``)."""
-    if form is None:
-        def fwd(x, eps, coef, grid):
-            return eafo_fwd(x, eps, coef, grid, base)
-
-        def bwd(x, dy, eps, coef, grid):
-            return eafo_bwd(x, dy, eps, coef, grid, base)
-    else:
-        def fwd(x, eps, params):
-            return fit_fwd(x, eps, params, base, form)
-
-        def bwd(x, dy, eps, params):
-            return fit_bwd(x, dy, eps, params, base, form)
-
-    if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
-        return fwd, bwd  # traced into an outer graph, or eager
-    key = (base, device_type, form)
-    if key not in _compiled:
-        # Not dynamic=True: that would turn every Python float in the bodies (Φ's coefficients, 1/√2π) into a
-        # runtime argument reloaded per loop iteration. ``_run`` marks the flattened length dynamic instead.
-        _compiled[key] = (
-            torch.compile(fwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
-            torch.compile(bwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
-        )
-    return _compiled[key]
-
-
-def _run(which: int, args, base: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
-    x = args[0]
-    device_type = x.device.type
-    bodies = _bodies(base, device_type, compiled, form)
-    if compiled and not torch.compiler.is_compiling():
-        # One graph for every shape: flattened tensors with the length marked dynamic (as the CR kernels).
-        n_big = 1 if which == 0 else 2
-        args = tuple(cr_kernels._flat(a) for a in args[:n_big]) + tuple(args[n_big:])
-    try:
-        out = bodies[which](*args)
-    except Exception as err:  # Inductor compiles lazily; a missing compiler shows up here
-        if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
-            raise
-        _compile_failed[device_type] = True
-        warnings.warn(
-            f"EAFO activation: torch.compile failed on {device_type} ({type(err).__name__}: {err}); "
-            "using the eager bodies (same results, slower).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        out = _bodies(base, device_type, False, form)[which](*args)
-    return out.view(x.shape) if which == 0 else (out[0].view(x.shape), out[1])
+compute_dtype, interp, interp_with_slope = eafo_kernels.compute_dtype, eafo_kernels.interp, eafo_kernels.interp_with_slope
 
 
 class EAFOFunction(torch.autograd.Function):
@@ -189,12 +41,12 @@ class EAFOFunction(torch.autograd.Function):
     def forward(ctx, x, eps, coef, grid, base: str, compiled: bool):
         ctx.save_for_backward(x, eps, coef, grid)
         ctx.base, ctx.compiled = base, compiled
-        return _run(0, (x, eps.detach(), coef, grid), base, compiled)
+        return eafo_kernels.run(0, (x, eps.detach(), coef, grid), base, compiled)
 
     @staticmethod
     def backward(ctx, dy):
         x, eps, coef, grid = ctx.saved_tensors
-        dx, deps = _run(1, (x, dy, eps.detach(), coef, grid), ctx.base, ctx.compiled)
+        dx, deps = eafo_kernels.run(1, (x, dy, eps.detach(), coef, grid), ctx.base, ctx.compiled)
         dx = dx if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None, None
@@ -207,12 +59,12 @@ class EAFOFitFunction(torch.autograd.Function):
     def forward(ctx, x, eps, params, base: str, form: Tuple[int, int, bool], compiled: bool):
         ctx.save_for_backward(x, eps, params)
         ctx.base, ctx.form, ctx.compiled = base, form, compiled
-        return _run(0, (x, eps.detach(), params), base, compiled, form)
+        return eafo_kernels.run(0, (x, eps.detach(), params), base, compiled, form)
 
     @staticmethod
     def backward(ctx, dy):
         x, eps, params = ctx.saved_tensors
-        dx, deps = _run(1, (x, dy, eps.detach(), params), ctx.base, ctx.compiled, ctx.form)
+        dx, deps = eafo_kernels.run(1, (x, dy, eps.detach(), params), ctx.base, ctx.compiled, ctx.form)
         dx = dx if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None, None
@@ -225,19 +77,19 @@ class _GenericEAFOFunction(torch.autograd.Function):
     def forward(ctx, x, eps, coef, grid, module: nn.Module):
         ctx.save_for_backward(x, eps, coef, grid)
         ctx.module = module
-        cd = _compute_dtype(x.dtype, eps.dtype)
+        cd = compute_dtype(x.dtype, eps.dtype)
         xf = x.to(cd)
-        return (module(xf) + eps.detach().to(cd) * _interp(xf, coef.to(cd), grid.to(cd))).to(x.dtype)
+        return (module(xf) + eps.detach().to(cd) * interp(xf, coef.to(cd), grid.to(cd))).to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
         x, eps, coef, grid = ctx.saved_tensors
-        cd = _compute_dtype(x.dtype, eps.dtype)
+        cd = compute_dtype(x.dtype, eps.dtype)
         xf, dyf = x.detach().to(cd), dy.to(cd)
         with torch.enable_grad():
             xr = xf.clone().requires_grad_(True)
             (dbase,) = torch.autograd.grad(ctx.module(xr), xr, dyf)
-        h, dh = _interp_with_slope(xf, coef.to(cd), grid.to(cd))
+        h, dh = interp_with_slope(xf, coef.to(cd), grid.to(cd))
         dx = (dbase + eps.detach().to(cd) * dyf * dh).to(x.dtype) if ctx.needs_input_grad[0] else None
         deps = (dyf * h).sum().to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
         return dx, deps, None, None, None
@@ -367,7 +219,7 @@ class EAFOActivation(nn.Module):
             return False
         if self.form == "fit":
             return True
-        if _compute_dtype(x.dtype, self.eps.dtype) != torch.float32:
+        if compute_dtype(x.dtype, self.eps.dtype) != torch.float32:
             return False
         return torch.compiler.is_compiling() or (impl or self._resolve(x.device)) != "eager"
 
@@ -378,7 +230,7 @@ class EAFOActivation(nn.Module):
         if not dx > 0:
             return  # an all-zero grid before the first set_table
         t = self.table.double()
-        self._coef.copy_(hermite_coefficients(t[0], t[1], dx))
+        self._coef.copy_(eafo_kernels.hermite_coefficients(t[0], t[1], dx))
         self._grid.copy_(torch.stack([lo, torch.tensor(1.0 / dx, dtype=torch.float64)]))
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
@@ -386,13 +238,13 @@ class EAFOActivation(nn.Module):
         if self._fit_for(x):
             power, degree, _ = self._fit_form
             return eafo_fit.correction_and_slope(x, self._fit_params.to(x.dtype), power, degree, slope=False)
-        return _interp(x, self._coef.to(x.dtype), self._grid.to(x.dtype))
+        return interp(x, self._coef.to(x.dtype), self._grid.to(x.dtype))
 
     # ------------------------------------------------------------------ forward
     def _resolve(self, device: torch.device) -> str:
         if self.impl != "auto":
             return self.impl
-        if _compile_failed.get(device.type) or cr_math_disable_compile():
+        if eafo_kernels.compile_failed(device.type) or not cr_kernels.compile_enabled():
             return "eager"
         return "compiled"
 
@@ -408,7 +260,7 @@ class EAFOActivation(nn.Module):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The plain expression f(x) + ε·ĥ(x), differentiated by autograd (tests compare against it)."""
-        cd = _compute_dtype(x.dtype, self.eps.dtype)
+        cd = compute_dtype(x.dtype, self.eps.dtype)
         xf = x.to(cd)
         base = self._generic(xf) if self._generic is not None else cr_math.base_forward(self.base, xf)
         return (base + self.eps.to(cd) * self.correction(xf)).to(x.dtype)
@@ -437,13 +289,6 @@ def _cached_fit(base: str, x: np.ndarray, h: np.ndarray, dh: np.ndarray, mean: f
     if key not in _FITS:
         _FITS[key] = eafo_fit.fit_closed_form(x, h, dh, base, mean, std)
     return _FITS[key]
-
-
-def cr_math_disable_compile() -> bool:
-    """The CR family's switch (``CRRELU_DISABLE_COMPILE=1``) applies here too."""
-    import os
-
-    return os.environ.get("CRRELU_DISABLE_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @register_activation("eafo")
