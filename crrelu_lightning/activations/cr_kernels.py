@@ -66,7 +66,7 @@ def reset_caches() -> None:
     _triton_failed = False
 
 
-def _own_copy(fn: Callable) -> Callable:
+def own_copy(fn: Callable) -> Callable:
     """``fn`` with a code object of its own, so its Dynamo cache (and recompile limit) is not shared."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
@@ -80,7 +80,7 @@ def _bodies(base: str, sigma: float) -> Tuple[Callable, Callable]:
     def backward_body(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor):
         return cr_math.cr_backward(base, x, dy, eps, sigma, fused=True)
 
-    return _own_copy(forward_body), _own_copy(backward_body)
+    return own_copy(forward_body), own_copy(backward_body)
 
 
 def _compiled_bodies(base: str, sigma: float, device_type: str) -> Optional[Tuple[Callable, Callable]]:

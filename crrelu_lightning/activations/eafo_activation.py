@@ -30,7 +30,6 @@ from crrelu_lightning.activations.registry import register_activation
 
 IMPLS = ("auto", "compiled", "eager", "reference")
 FORMS = ("auto", "table", "fit")
-_HALF = (torch.float16, torch.bfloat16)
 compute_dtype, interp, interp_with_slope = eafo_kernels.compute_dtype, eafo_kernels.interp, eafo_kernels.interp_with_slope
 
 
@@ -53,21 +52,24 @@ class EAFOFunction(torch.autograd.Function):
 
 
 class EAFOFitFunction(torch.autograd.Function):
-    """y = f(x) + ε·ĥ(x) with ĥ the fitted closed form (``eafo_fit``); saves x (and ε, the parameter vector)."""
+    """y = f(x) + ε·ĥ(x) with ĥ the fitted closed form (``eafo_fit``); saves x (and ε).
+
+    ``form``: ``eafo_kernels.FitForm`` (power, degree, standard envelope, parameters as Python floats).
+    """
 
     @staticmethod
-    def forward(ctx, x, eps, params, base: str, form: Tuple[int, int, bool], compiled: bool):
-        ctx.save_for_backward(x, eps, params)
+    def forward(ctx, x, eps, base: str, form: eafo_kernels.FitForm, compiled: bool):
+        ctx.save_for_backward(x, eps)
         ctx.base, ctx.form, ctx.compiled = base, form, compiled
-        return eafo_kernels.run(0, (x, eps.detach(), params), base, compiled, form)
+        return eafo_kernels.run(0, (x, eps.detach()), base, compiled, form)
 
     @staticmethod
     def backward(ctx, dy):
-        x, eps, params = ctx.saved_tensors
-        dx, deps = eafo_kernels.run(1, (x, dy, eps.detach(), params), ctx.base, ctx.compiled, ctx.form)
+        x, eps = ctx.saved_tensors
+        dx, deps = eafo_kernels.run(1, (x, dy, eps.detach()), ctx.base, ctx.compiled, ctx.form)
         dx = dx if ctx.needs_input_grad[0] else None
         deps = deps.to(eps.dtype).reshape(eps.shape) if ctx.needs_input_grad[1] else None
-        return dx, deps, None, None, None, None
+        return dx, deps, None, None, None
 
 
 class _GenericEAFOFunction(torch.autograd.Function):
@@ -151,7 +153,9 @@ class EAFOActivation(nn.Module):
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.form = form
-        self._fit_form: Optional[Tuple[int, int, bool]] = None  # (power, degree, standard envelope)
+        # (power, degree, standard envelope, parameters): Python floats, exact for float64 use (a float32 ``a``
+        # alone moves the closed form's zero by ~1e-8, a 1 % change of ĥ'/f' within 1e-6 of the branch end).
+        self._fit_form: Optional[eafo_kernels.FitForm] = None
         self._fit_key: Optional[str] = None
         self.taper_width, self.taper, self.grid_size = float(taper_width), taper, int(grid_size)
         self._generic: Optional[nn.Module] = None
@@ -166,9 +170,6 @@ class EAFOActivation(nn.Module):
         self.register_buffer("eps_interval", torch.zeros(2))
         self.register_buffer("_coef", torch.zeros(4, self.grid_size), persistent=False)
         self.register_buffer("_grid", torch.zeros(2), persistent=False)
-        # float64: the kernels cast to their compute dtype; kept exact for float64 use (a float32 ``a`` alone
-        # moves the closed form's zero by ~1e-8, a 1 % change of ĥ'/f' within 1e-6 of the branch end).
-        self.register_buffer("_fit_params", torch.zeros(eafo_fit.N_PARAMS, dtype=torch.float64), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self.set_table(x, h, dh, interval, envelope=(float(mu), float(sigma)))
         self.input_description = f"N({mu:g}, {sigma:g}^2)"
@@ -200,8 +201,8 @@ class EAFOActivation(nn.Module):
             fit = _cached_fit(self.base, x.numpy(), np.asarray(h, dtype=np.float64), np.asarray(dh, dtype=np.float64),
                               float(envelope[0]), float(envelope[1]))
             if fit is not None:
-                self._fit_params.copy_(torch.from_numpy(fit.params))
-                self._fit_form = (fit.power, fit.degree, bool(fit.standard_envelope))
+                params = tuple(float(v) for v in fit.params[:eafo_fit.N_HEAD + fit.degree + 1])
+                self._fit_form = (fit.power, fit.degree, bool(fit.standard_envelope), params)
                 self._fit_key = _table_key(self.table)
 
     @property
@@ -215,7 +216,7 @@ class EAFOActivation(nn.Module):
         ``"auto"`` keeps the table for the eager implementation: as separate eager ops the closed form's
         multiply-adds are each a pass over memory, slower than the table's lookups.
         """
-        if self._fit_form is None or self.form == "table" or self._fit_params.dtype in _HALF:
+        if self._fit_form is None or self.form == "table":
             return False
         if self.form == "fit":
             return True
@@ -236,8 +237,8 @@ class EAFOActivation(nn.Module):
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         """ĥ(x) as the forward evaluates it for x's dtype: the closed form or the interpolated table."""
         if self._fit_for(x):
-            power, degree, _ = self._fit_form
-            return eafo_fit.correction_and_slope(x, self._fit_params.to(x.dtype), power, degree, slope=False)
+            power, degree, _, params = self._fit_form
+            return eafo_fit.correction_and_slope(x, params, power, degree, slope=False)
         return interp(x, self._coef.to(x.dtype), self._grid.to(x.dtype))
 
     # ------------------------------------------------------------------ forward
@@ -255,7 +256,7 @@ class EAFOActivation(nn.Module):
         if self._generic is not None:
             return _GenericEAFOFunction.apply(x, self.eps, self._coef, self._grid, self._generic)
         if self._fit_for(x, impl):
-            return EAFOFitFunction.apply(x, self.eps, self._fit_params, self.base, self._fit_form, impl == "compiled")
+            return EAFOFitFunction.apply(x, self.eps, self.base, self._fit_form, impl == "compiled")
         return EAFOFunction.apply(x, self.eps, self._coef, self._grid, self.base, impl == "compiled")
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,19 +16,21 @@ dynamic mode) carry the histogram's bumps and usually miss the tolerance; they k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from crrelu_lightning.activations import cr_math
 
-DEGREES = (8, 10, 12, 16)  # tried in order; the first that meets the tolerance is kept (fewer multiply-adds)
+DEGREES = (4, 6, 8, 10, 12, 14, 16)  # tried in order; the first that meets the tolerance is kept (fewer multiply-adds)
 MAX_DEGREE = DEGREES[-1]
 VALUE_TOL = 1e-4  # max |ĥ_fit − ĥ| / max |ĥ|
 SLOPE_TOL = 1e-3  # max |ĥ'_fit − ĥ'| / max |ĥ'|
 REACH = 7.0  # the fit (and the kernel's support) ends at m + REACH·s, where the envelope is < 3e-11
 _POWERS = (1, 2, 4)
+NEAR_END = 0.5  # ratio rows within 0.5σ of the left end
+RATIO_WEIGHT, END_WEIGHT = 1.0, 10.0
 _WIDTHS = (1.0, 0.9)  # envelope width / input std; for GELU on N(0, 1), 1.0 is GELU's own exp(−x²/2)
 _ENVELOPE_OPS = 16  # gauss_f32 and (x − m)², saved where the kernel already has the envelope
 N_HEAD = 6  # params = [a, b_fit, α, β, m, c = −1/(2s²), p_0 … p_degree, 0 …]
@@ -49,9 +51,11 @@ class ClosedForm:
         return self.params[4] == 0.0 and self.params[5] == -0.5
 
 
-def correction_and_slope(x: torch.Tensor, params: torch.Tensor, power: int, degree: int,
+def correction_and_slope(x: torch.Tensor, params: Union[torch.Tensor, Sequence[float]], power: int, degree: int,
                          env: Optional[torch.Tensor] = None, slope: bool = True):
-    """ĥ(x) (and ĥ'(x)) of the closed form, as plain ops a compiler fuses; ``params`` in x's dtype.
+    """ĥ(x) (and ĥ'(x)) of the closed form, as plain ops a compiler fuses.
+
+    ``params``: a tensor in x's dtype, or Python floats (the kernels': constants in the compiled code).
 
     ``env``: the envelope exp(c·(x − m)²) when the caller already has it (GELU's exp(−x²/2)).
     """
@@ -112,13 +116,25 @@ def fit_closed_form(x: np.ndarray, h: np.ndarray, dh: np.ndarray, base: str, mea
         shared = base == "gelu" and mean == 0.0 and std * width == 1.0
         return degree + (0 if shared else _ENVELOPE_OPS)
 
+    # Rows for ĥ'/f' near the left end, where sup |ĥ'/f'| = 1 is attained for a smooth base: fitted there in
+    # relative terms, the rescale below stays ≈ 1 (a fit that overshoots by δ would be scaled down by δ).
+    f1s = cr_math.base_derivative(base, torch.tensor(xs)).numpy()
+    near = (f1s > 0) & (xs - a < NEAR_END * std)
+    ratio_near = dh[sel][near] / f1s[near]
+    r1, r2, r3 = (dh[i] / f1 for i, f1 in zip((1, 2, 3), cr_math.base_derivative(base, torch.tensor(x[1:4])).numpy()))
+    x_end = np.array([a + 1e-6 * std])
+    f1_end = cr_math.base_derivative(base, torch.tensor(x_end)).numpy()
+    limit = 3.0 * r1 - 3.0 * r2 + r3  # the ratio's limit at a, extrapolated from nodes 1–3
+
     for width, degree in sorted(((w, d) for w in _WIDTHS for d in DEGREES), key=lambda wd: cost(*wd)):
         c = -0.5 / (std * width) ** 2
         best = None
         for k in _POWERS:
             basis, dbasis = _basis(xs, a, mean, c, k, t, alpha, degree)
-            lhs = np.concatenate([basis / hmax, dbasis / dmax])
-            rhs = np.concatenate([h[sel] / hmax, dh[sel] / dmax])
+            dend = _basis(x_end, a, mean, c, k, x_end * alpha + beta, alpha, degree)[1]
+            lhs = np.concatenate([basis / hmax, dbasis / dmax, RATIO_WEIGHT * dbasis[near] / f1s[near, None],
+                                  END_WEIGHT * dend / f1_end[:, None]])
+            rhs = np.concatenate([h[sel] / hmax, dh[sel] / dmax, RATIO_WEIGHT * ratio_near, END_WEIGHT * np.array([limit])])
             coef = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
             ratio = np.abs(_basis(xr, a, mean, c, k, tr, alpha, degree)[1] @ coef)[f1 > 0] / f1[f1 > 0]
             sup = float(ratio.max()) if ratio.size else 0.0

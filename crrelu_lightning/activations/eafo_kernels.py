@@ -100,34 +100,37 @@ def _gelu_gauss(base: str, x: torch.Tensor) -> Optional[torch.Tensor]:
     return cr_math.gauss_f32(x * x, -0.5) if base == "gelu" and x.dtype == torch.float32 else None
 
 
-def fit_fwd(x: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str, form: Tuple[int, int, bool]):
-    """``form`` = (power, degree, standard envelope): the closed form's static structure (eafo_fit)."""
-    power, degree, shared = form
+# (power k, degree, standard envelope, parameters): the closed form's structure and its numbers, as Python
+# floats, so that compiled bodies hold them as constants (loaded from a tensor, the 20 parameters were 20
+# scalar loads per vector iteration; measured 1.3× slower).
+FitForm = Tuple[int, int, bool, Tuple[float, ...]]
+
+
+def fit_fwd(x: torch.Tensor, eps: torch.Tensor, base: str, form: FitForm):
+    power, degree, shared, params = form
     cd = compute_dtype(x.dtype, eps.dtype)
     xf = x.to(cd)
     g = _gelu_gauss(base, xf)
-    h = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None, slope=False)
+    h = eafo_fit.correction_and_slope(xf, params, power, degree, env=g if shared else None, slope=False)
     return (_fast_base(base, xf, g) + eps.to(cd) * h).to(x.dtype)
 
 
-def fit_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, params: torch.Tensor, base: str,
-            form: Tuple[int, int, bool]):
-    power, degree, shared = form
+def fit_bwd(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, base: str, form: FitForm):
+    power, degree, shared, params = form
     cd = compute_dtype(x.dtype, eps.dtype)
     xf, dyf = x.to(cd), dy.to(cd)
     g = _gelu_gauss(base, xf)
-    h, dh = eafo_fit.correction_and_slope(xf, params.to(cd), power, degree, env=g if shared else None)
+    h, dh = eafo_fit.correction_and_slope(xf, params, power, degree, env=g if shared else None)
     dx = _fast_base(base, xf, g, dyf) + eps.to(cd) * (dyf * dh)
     return dx.to(x.dtype), (dyf * h).sum()
-
 
 
 _compiled: Dict[Tuple[Any, ...], Tuple[Callable, Callable]] = {}
 _compile_failed: Dict[str, bool] = {}
 
 
-def _bodies(base: str, device_type: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
-    """Forward/backward bodies: the table's (``form`` None) or the closed form's (``fit_fwd``)."""
+def _bodies(base: str, device_type: str, compiled: bool, form: Optional[FitForm] = None):
+    """Forward/backward bodies: the table's (``form`` None: args x, eps, coef, grid) or the closed form's (x, eps)."""
     if form is None:
         def fwd(x, eps, coef, grid):
             return eafo_fwd(x, eps, coef, grid, base)
@@ -135,26 +138,26 @@ def _bodies(base: str, device_type: str, compiled: bool, form: Optional[Tuple[in
         def bwd(x, dy, eps, coef, grid):
             return eafo_bwd(x, dy, eps, coef, grid, base)
     else:
-        def fwd(x, eps, params):
-            return fit_fwd(x, eps, params, base, form)
+        def fwd(x, eps):
+            return fit_fwd(x, eps, base, form)
 
-        def bwd(x, dy, eps, params):
-            return fit_bwd(x, dy, eps, params, base, form)
+        def bwd(x, dy, eps):
+            return fit_bwd(x, dy, eps, base, form)
 
     if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
         return fwd, bwd  # traced into an outer graph, or eager
     key = (base, device_type, form)
     if key not in _compiled:
-        # Not dynamic=True: that would turn every Python float in the bodies (Φ's coefficients, 1/√2π) into a
-        # runtime argument reloaded per loop iteration. ``_run`` marks the flattened length dynamic instead.
-        _compiled[key] = (
-            torch.compile(fwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
-            torch.compile(bwd, fullgraph=True, options=_INDUCTOR_OPTIONS),
+        # Not dynamic=True: that would turn every Python float in the bodies (Φ's coefficients, the closed form's
+        # parameters) into a runtime argument reloaded per loop iteration. ``_run_bodies`` marks the flattened
+        # length dynamic instead. Each key gets its own code object: Dynamo's recompile limit counts per code.
+        _compiled[key] = tuple(
+            torch.compile(cr_kernels.own_copy(body), fullgraph=True, options=_INDUCTOR_OPTIONS) for body in (fwd, bwd)
         )
     return _compiled[key]
 
 
-def _run_bodies(which: int, args, base: str, compiled: bool, form: Optional[Tuple[int, int, bool]] = None):
+def _run_bodies(which: int, args, base: str, compiled: bool, form: Optional[FitForm] = None):
     x = args[0]
     device_type = x.device.type
     bodies = _bodies(base, device_type, compiled, form)
@@ -179,47 +182,50 @@ def _run_bodies(which: int, args, base: str, compiled: bool, form: Optional[Tupl
 
 
 # --------------------------------------------------------------------------- custom ops (under an outer compile)
-Form = Optional[Tuple[int, int, bool]]
+def _form_args(form: Optional[FitForm]) -> Tuple[List[int], List[float]]:
+    if form is None:
+        return [], []
+    return [int(form[0]), int(form[1]), int(bool(form[2]))], [float(v) for v in form[3]]
 
 
-def _form_arg(form: Form) -> List[int]:
-    return [] if form is None else [int(form[0]), int(form[1]), int(bool(form[2]))]
-
-
-def _form_of(arg: List[int]) -> Form:
-    return None if len(arg) == 0 else (int(arg[0]), int(arg[1]), bool(arg[2]))
+def _form_of(structure: List[int], params: List[float]) -> Optional[FitForm]:
+    if len(structure) == 0:
+        return None
+    return int(structure[0]), int(structure[1]), bool(structure[2]), tuple(float(v) for v in params)
 
 
 @torch.library.custom_op("crrelu::eafo_forward", mutates_args=())
-def eafo_forward_op(x: torch.Tensor, eps: torch.Tensor, data: List[torch.Tensor], base: str, form: List[int]) -> torch.Tensor:
-    """The compiled forward body; ``data`` = [coef, grid] (table, ``form`` []) or [params] (closed form)."""
-    return _run_bodies(0, (x.contiguous(), eps, *data), base, True, _form_of(form))
+def eafo_forward_op(x: torch.Tensor, eps: torch.Tensor, table: List[torch.Tensor], base: str, structure: List[int],
+                    params: List[float]) -> torch.Tensor:
+    """The compiled forward body: the table's (``table`` = [coef, grid]) or the closed form's (``structure`` =
+    [power, degree, standard envelope], ``params``)."""
+    return _run_bodies(0, (x.contiguous(), eps, *table), base, True, _form_of(structure, params))
 
 
 @eafo_forward_op.register_fake
-def _(x, eps, data, base, form):
+def _(x, eps, table, base, structure, params):
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("crrelu::eafo_backward", mutates_args=())
-def eafo_backward_op(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, data: List[torch.Tensor], base: str,
-                     form: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def eafo_backward_op(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, table: List[torch.Tensor], base: str,
+                     structure: List[int], params: List[float]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The compiled backward body: (dx, dε), dε in the compute dtype."""
-    return _run_bodies(1, (x.contiguous(), dy.contiguous(), eps, *data), base, True, _form_of(form))
+    return _run_bodies(1, (x.contiguous(), dy.contiguous(), eps, *table), base, True, _form_of(structure, params))
 
 
 @eafo_backward_op.register_fake
-def _(x, dy, eps, data, base, form):
+def _(x, dy, eps, table, base, structure, params):
     return x.new_empty(x.shape), x.new_empty((), dtype=compute_dtype(x.dtype, eps.dtype))
 
 
-def run(which: int, args: Tuple[torch.Tensor, ...], base: str, compiled: bool, form: Form = None):
-    """Forward (``which`` 0, args = x, eps, *data) or backward (1: x, dy, eps, *data), shaped like x."""
+def run(which: int, args: Tuple[torch.Tensor, ...], base: str, compiled: bool, form: Optional[FitForm] = None):
+    """Forward (``which`` 0, args = x, eps[, coef, grid]) or backward (1: x, dy, eps[, coef, grid]), shaped
+    like x; ``form`` None for the table, else the closed form (no table tensors)."""
     if compiled and torch.compiler.is_compiling():
         n = 2 if which == 0 else 3
-        if which == 0:
-            return eafo_forward_op(*args[:n], list(args[n:]), base, _form_arg(form))
-        return eafo_backward_op(*args[:n], list(args[n:]), base, _form_arg(form))
+        op = eafo_forward_op if which == 0 else eafo_backward_op
+        return op(*args[:n], list(args[n:]), base, *_form_args(form))
     return _run_bodies(which, args, base, compiled, form)
 
 
