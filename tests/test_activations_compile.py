@@ -133,3 +133,25 @@ def test_compile_vit_benchmark_eager_smoke():
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert float(rows["crrelu"][6]) == 1.0  # saved-for-backward bytes × GELU
     assert float(rows["paper expression"][6]) > 1.2
+
+
+@pytest.mark.parametrize("name", ["crrelu", "eafo_gelu"])
+def test_eager_compiled_bodies_stay_parallel_after_a_small_first_call_on_one_thread(name):
+    """Inductor decides from the first call whether a dynamic-length loop gets an OpenMP region; the bodies
+    must keep one (OpenMP then uses the thread count at call time), or every later call runs on one core."""
+    from torch._inductor.utils import run_and_get_code
+
+    from crrelu_lightning.activations import build_activation, cr_kernels, eafo_kernels
+
+    cr_kernels.reset_caches()
+    eafo_kernels._compiled.clear()
+    act = build_activation(name, impl="compiled")
+    x = torch.randn(16, requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            _, codes = run_and_get_code(lambda: act(x).sum().backward())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(codes) == 2 and all("#pragma omp parallel" in c for c in codes)

@@ -46,8 +46,11 @@ _compile_failed: Dict[str, bool] = {}  # device type -> Inductor unavailable
 _triton_failed = False
 _torch_compile = torch.compile  # indirection so tests can simulate a broken compiler
 # Let the C++ compiler fuse a*b + c into FMAs (Inductor compiles with -ffp-contract=off by default). This is
-# not fast-math: no reassociation or other value-changing rewrites.
-INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+# not fast-math: no reassociation or other value-changing rewrites. ``dynamic_threads``: the bodies take a
+# dynamic length, and Inductor decides from the *first* call's length whether the loop gets an OpenMP region
+# at all; a small first call (a probe, a one-sample batch) left every later call single-threaded. With it,
+# the loop always has one and OpenMP uses the thread count at call time.
+INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast", "cpp.dynamic_threads": True}
 
 
 def _env_flag(name: str) -> bool:
