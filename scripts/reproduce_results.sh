@@ -38,16 +38,16 @@ $C --config configs/language/sentiment_dpo.yaml --out $OUT/sentiment_dpo_200 --m
    --baseline gelu --diff-metrics final_val/reward_margin,final_val/loss \
    --activations gelu,crrelu -- --model.init_from=$INIT --trainer.val_check_interval=50
 
-# 5. General EAFO (docs/results.md §9): the GELU family at the demo budget (1,712 steps), SiLU and the ReLU
-#    pair at 430 steps; dynamic rows add the re-derivation overlay. Then the combined GELU summary and the figure.
+# 5. General EAFO (docs/results.md §9): the GELU and SiLU families and the ReLU pair at the demo budget
+#    (1,712 steps); dynamic rows add the re-derivation overlay. Then the combined summaries and the figure.
 D="--config configs/demo_eafo_derive.yaml"
 $C --config configs/demo.yaml --test --activations gelu,crgelu,eafo_gelu --baseline gelu --out $OUT/i15/gelu
 $C --config configs/demo.yaml $D --test --activations gelu_dyn=eafo_gelu --out $OUT/i15/dyn
-$C --config configs/demo.yaml --test --max-steps 430 --activations silu,crsilu,eafo_silu --baseline silu --out $OUT/i15/silu430
-$C --config configs/demo.yaml $D --test --max-steps 430 --activations silu_dyn=eafo_silu --out $OUT/i15/dyn430
-$C --config configs/demo.yaml --test --max-steps 430 --activations crrelu,eafo_relu --baseline crrelu --out $OUT/i15/relu430
+$C --config configs/demo.yaml --test --activations silu,crsilu,eafo_silu --baseline silu --out $OUT/i15/silu
+$C --config configs/demo.yaml $D --test --activations silu_dyn=eafo_silu --out $OUT/i15/dyn_silu
+$C --config configs/demo.yaml --test --activations crrelu,eafo_relu --baseline crrelu --out $OUT/i15/relu
 crrelu-lightning compare --report-csv $OUT/i15/gelu/results.csv $OUT/i15/dyn/results.csv --baseline gelu --out $OUT/i15/gelu_all
-crrelu-lightning compare --report-csv $OUT/i15/silu430/results.csv $OUT/i15/dyn430/results.csv --baseline silu --out $OUT/i15/silu_all
-python scripts/geafo_figure.py $OUT/i15/gelu $OUT/i15/dyn $OUT/i15/silu430 $OUT/i15/dyn430 $OUT/i15/relu430 \
-  --row "GELU, 1712 steps=gelu,crgelu,eafo_gelu,gelu_dyn" --row "SiLU, 430 steps=silu,crsilu,eafo_silu,silu_dyn" \
-  --row "ReLU pair, 430 steps=crrelu,eafo_relu" --out $OUT/i15/geafo_entropy_accuracy.png
+crrelu-lightning compare --report-csv $OUT/i15/silu/results.csv $OUT/i15/dyn_silu/results.csv --baseline silu --out $OUT/i15/silu_all
+python scripts/geafo_figure.py $OUT/i15/gelu $OUT/i15/dyn $OUT/i15/silu $OUT/i15/dyn_silu $OUT/i15/relu \
+  --row "GELU=gelu,crgelu,eafo_gelu,gelu_dyn" --row "SiLU=silu,crsilu,eafo_silu,silu_dyn" \
+  --row "ReLU pair=crrelu,eafo_relu" --out $OUT/i15/geafo_entropy_accuracy.png
