@@ -89,18 +89,24 @@ def test_eafo_relu_is_crrelu_with_opposite_eps():
     torch.testing.assert_close(m(x), cr(x), atol=1e-9, rtol=0)
 
 
-def test_backward_saves_only_x():
-    m = build_activation("eafo_gelu", impl="eager")
-    x = torch.randn(64, 128, requires_grad=True)
+def _forward_saving(fn, min_numel: int):
+    """fn()'s output and the tensors of at least ``min_numel`` elements autograd saved while computing it."""
     big = []
 
     def pack(t):
-        if t.numel() >= x.numel():
+        if t.numel() >= min_numel:
             big.append(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = m(x * 1.0)
+        out = fn()
+    return out, big
+
+
+def test_backward_saves_only_x():
+    m = build_activation("eafo_gelu", impl="eager")
+    x = torch.randn(64, 128, requires_grad=True)
+    y, big = _forward_saving(lambda: m(x * 1.0), x.numel())
     assert len(big) == 1 and big[0].shape == x.shape
     y.sum().backward()
 
@@ -139,16 +145,9 @@ def test_outer_compile_saves_only_x_and_the_next_layers_input(form):
     x = torch.randn(32, 8)
     compiled(x).sum().backward()  # compile once outside the hooks
     model.zero_grad()
-    big = []
-
-    def pack(t):
-        if t.numel() == 32 * 64:
-            big.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = compiled(x)
+    out, saved = _forward_saving(lambda: compiled(x), 32 * 64)
     out.sum().backward()
+    big = [t for t in saved if t.numel() == 32 * 64]  # activation-sized (the table's coefficients are larger)
     assert len(big) == 2
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
