@@ -129,7 +129,7 @@ _compiled: Dict[Tuple[Any, ...], Tuple[Callable, Callable]] = {}
 _compile_failed: Dict[str, bool] = {}
 
 
-def _bodies(base: str, device_type: str, compiled: bool, form: Optional[FitForm] = None):
+def _plain_bodies(base: str, form: Optional[FitForm]):
     """Forward/backward bodies: the table's (``form`` None: args x, eps, coef, grid) or the closed form's (x, eps)."""
     if form is None:
         def fwd(x, eps, coef, grid):
@@ -143,18 +143,24 @@ def _bodies(base: str, device_type: str, compiled: bool, form: Optional[FitForm]
 
         def bwd(x, dy, eps):
             return fit_bwd(x, dy, eps, base, form)
+    return fwd, bwd
 
+
+def _bodies(base: str, device_type: str, compiled: bool, form: Optional[FitForm] = None):
+    """The bodies compiled once per (base, device, form), or plain (eager, traced into an outer graph)."""
     if not compiled or _compile_failed.get(device_type) or torch.compiler.is_compiling():
-        return fwd, bwd  # traced into an outer graph, or eager
+        return _plain_bodies(base, form)
     key = (base, device_type, form)
-    if key not in _compiled:
+    bodies = _compiled.get(key)
+    if bodies is None:
         # Not dynamic=True: that would turn every Python float in the bodies (Φ's coefficients, the closed form's
         # parameters) into a runtime argument reloaded per loop iteration. ``_run_bodies`` marks the flattened
         # length dynamic instead. Each key gets its own code object: Dynamo's recompile limit counts per code.
-        _compiled[key] = tuple(
-            torch.compile(cr_kernels.own_copy(body), fullgraph=True, options=_INDUCTOR_OPTIONS) for body in (fwd, bwd)
+        bodies = _compiled[key] = tuple(
+            torch.compile(cr_kernels.own_copy(body), fullgraph=True, options=_INDUCTOR_OPTIONS)
+            for body in _plain_bodies(base, form)
         )
-    return _compiled[key]
+    return bodies
 
 
 def _run_bodies(which: int, args, base: str, compiled: bool, form: Optional[FitForm] = None):
@@ -199,7 +205,7 @@ def eafo_forward_op(x: torch.Tensor, eps: torch.Tensor, table: List[torch.Tensor
                     params: List[float]) -> torch.Tensor:
     """The compiled forward body: the table's (``table`` = [coef, grid]) or the closed form's (``structure`` =
     [power, degree, standard envelope], ``params``)."""
-    return _run_bodies(0, (x.contiguous(), eps, *table), base, True, _form_of(structure, params))
+    return _run_bodies(0, (x, eps, *table), base, True, _form_of(structure, params))  # flattens x
 
 
 @eafo_forward_op.register_fake
@@ -211,7 +217,7 @@ def _(x, eps, table, base, structure, params):
 def eafo_backward_op(x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor, table: List[torch.Tensor], base: str,
                      structure: List[int], params: List[float]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The compiled backward body: (dx, dε), dε in the compute dtype."""
-    return _run_bodies(1, (x.contiguous(), dy.contiguous(), eps, *table), base, True, _form_of(structure, params))
+    return _run_bodies(1, (x, dy, eps, *table), base, True, _form_of(structure, params))
 
 
 @eafo_backward_op.register_fake
