@@ -9,7 +9,8 @@
    in all MLP blocks, eager and with the whole network compiled (``model.compile()``).
 
 Every case is timed round-robin (one step of each in turn, ``--repeats`` rounds after ``--warmup``), so background
-load hits all cases alike; the tables give medians and ratios to the base measured in the same rounds.
+load hits all cases alike; the tables give medians and ratios to the base measured in the same rounds (for the
+step: the median of the per-round ratios with a 95 % bootstrap interval over rounds).
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,8 +43,8 @@ KERNEL_CASES = {  # label -> (registry name, kwargs)
 STEP_CASES = {"gelu": ("gelu", {}), "eafo_gelu": ("eafo_gelu", {})}
 
 
-def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int) -> Dict[str, float]:
-    """Median seconds per call of each function, timed one call of each in turn."""
+def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int) -> Dict[str, List[float]]:
+    """Seconds per call of each function in each round, timed one call of each in turn."""
     for fn in fns.values():  # first calls compile; not timed
         fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
@@ -52,7 +54,15 @@ def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int) -
             fn()
             if r >= warmup:
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def ratio_interval(num: List[float], den: List[float], n_boot: int = 2000) -> Tuple[float, float, float]:
+    """Median of the per-round ratios num/den and its 95 % percentile-bootstrap interval (rounds resampled)."""
+    ratios = np.asarray(num) / np.asarray(den)
+    rng = np.random.default_rng(0)
+    boots = np.median(rng.choice(ratios, size=(n_boot, ratios.size), replace=True), axis=1)
+    return float(np.median(ratios)), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
 def kernel_table(args) -> str:
@@ -68,7 +78,7 @@ def kernel_table(args) -> str:
             x.grad = None
 
         fns[label] = step
-    med = round_robin(fns, args.warmup, args.repeats)
+    med = {k: statistics.median(v) for k, v in round_robin(fns, args.warmup, args.repeats).items()}
     rows = ["| activation | fwd+bwd ms (median) | × base (same run) |", "|---|---|---|"]
     for label in KERNEL_CASES:
         base = "silu" if "silu" in label else "gelu"
@@ -99,12 +109,13 @@ def step_table(args) -> str:
                 opt.zero_grad(set_to_none=True)
 
             fns[f"{label}|{mode}"] = step
-    med = round_robin(fns, args.warmup, args.repeats)
-    rows = ["| activation | mode | step ms (median) | × GELU (same mode) |", "|---|---|---|---|"]
+    times = round_robin(fns, args.warmup, args.repeats)
+    rows = ["| activation | mode | step ms (median) | × GELU, same round (median) | 95 % interval |", "|---|---|---|---|---|"]
     for mode in args.modes:
         for label in STEP_CASES:
             k = f"{label}|{mode}"
-            rows.append(f"| {label} | {mode} | {med[k] * 1e3:.1f} | {med[k] / med[f'gelu|{mode}']:.3f} |")
+            r, lo, hi = ratio_interval(times[k], times[f"gelu|{mode}"])
+            rows.append(f"| {label} | {mode} | {statistics.median(times[k]) * 1e3:.1f} | {r:.3f} | [{lo:.3f}, {hi:.3f}] |")
     return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, AdamW, float32)\n\n" + "\n".join(rows)
 
 

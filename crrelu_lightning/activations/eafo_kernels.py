@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from crrelu_lightning.activations import cr_kernels, cr_math, eafo_fit
+from crrelu_lightning.activations import cr_kernels, cr_math, eafo_fit, eafo_native
 
 _HALF = (torch.float16, torch.bfloat16)
 _INDUCTOR_OPTIONS = cr_kernels.INDUCTOR_OPTIONS
@@ -163,9 +163,27 @@ def _bodies(base: str, device_type: str, compiled: bool, form: Optional[FitForm]
     return bodies
 
 
+def _native(which: int, args, base: str, form: FitForm):
+    """The native CPU kernel's result (``eafo_native``), or None where it does not apply or cannot be built."""
+    eps = args[1 + which]
+    if not eafo_native.supports(args[0], eps) or (which == 1 and args[1].dtype != torch.float32):
+        return None
+    k = eafo_native.kernel(base, *form)
+    if k is None:
+        return None
+    if which == 0:
+        return k.forward(args[0], float(eps))
+    dx, deps = k.backward(args[0], args[1], float(eps))
+    return dx, torch.tensor(deps, dtype=torch.float32)
+
+
 def _run_bodies(which: int, args, base: str, compiled: bool, form: Optional[FitForm] = None):
     x = args[0]
     device_type = x.device.type
+    if compiled and form is not None and device_type == "cpu":
+        out = _native(which, args, base, form)
+        if out is not None:
+            return out
     bodies = _bodies(base, device_type, compiled, form)
     if compiled and not torch.compiler.is_compiling():
         # One graph for every shape: flattened tensors with the length marked dynamic (as the CR kernels).
