@@ -139,3 +139,14 @@ def test_bad_forms_are_refused_with_the_value():
         eafo_native._defines("gelu", 3, 4, False, [0.0] * 11)
     with pytest.raises(ValueError, match="needs 11 parameters, got 5"):
         eafo_native._defines("gelu", 2, 4, False, [0.0] * 5)
+
+
+def test_an_unusable_cache_dir_falls_back_to_a_private_temp_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CRRELU_CACHE_DIR", str(blocker / "sub"))
+    monkeypatch.setattr(eafo_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    m = build_activation("eafo_relu", impl="compiled")
+    path = eafo_native._build("relu", *m._fit_form)
+    assert path.parent.parent == tmp_path / "tmp" and path.exists()
+    assert blocker.read_text().startswith("a file")  # nothing overwritten

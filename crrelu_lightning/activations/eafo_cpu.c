@@ -6,7 +6,7 @@
  *     h(x) = (x - A)^POWER * exp(C*(x - M)^2) * P(t),  t = ALPHA*x + BETA,  0 outside (A, B)
  *
  * Built by eafo_native.py once per closed form, with the form as -D constants (BASE, POWER, DEGREE, SHARED,
- * A, B, ALPHA, BETA, M, C, COEFS), so every number is an immediate of the vector code and the Horner loops
+ * A, B, ALPHA, BETA, M, C, COEFS; ERFC_Q from cr_math), so every number is an immediate of the vector code and the Horner loops
  * unroll. Plain C loops that GCC/Clang vectorise (#pragma omp simd); exp is ours (Cody-Waite reduction, a
  * degree-6 polynomial, the exponent written into the bits), because libm's does not vectorise. Threads: one
  * OpenMP region over fixed chunks; d_eps is summed per chunk, then over chunks in order, so it is the same
@@ -24,10 +24,8 @@
 
 static const float coefs[DEGREE + 1] = COEFS;
 
-/* erfc(z) = t*exp(-z^2)*Q(t), t = 1/(1 + z/2): the same degree-7 fit as cr_math._ERFC_Q (rel. error 3e-6). */
-static const float erfc_q[8] = {0.2820954065561432f, 0.2820116285319077f, 0.24856388521339182f,
-                                0.16382168280549853f, 0.12039752862754727f, -0.03388759960731063f,
-                                -0.11532055127968964f, 0.05232094283824646f};
+/* erfc(z) = t*exp(-z^2)*Q(t), t = 1/(1 + z/2): ERFC_Q is cr_math._ERFC_Q (degree 7, rel. error 3e-6). */
+static const float erfc_q[8] = ERFC_Q;
 
 static inline __attribute__((always_inline)) float exp_f(float x) {
     float v = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x); /* the bit trick needs a normal 2^n */

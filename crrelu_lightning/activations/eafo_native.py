@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from crrelu_lightning.activations import cr_math
+
 _SOURCE = Path(__file__).with_name("eafo_cpu.c")
 _BASES = {"relu": 0, "gelu": 1, "silu": 2, "mish": 3}
 _N_HEAD = 6  # params = [a, b, α, β, m, c, p_0 … p_degree] (eafo_fit.N_HEAD)
@@ -109,9 +111,10 @@ def _defines(base: str, power: int, degree: int, shared: bool, params: Sequence[
         raise ValueError(f"closed form of degree {degree} needs {_N_HEAD + degree + 1} parameters, got {len(params)}")
     a, b, alpha, beta, m, c = (float(v) for v in params[:_N_HEAD])
     coefs = ",".join(f"{float(v)!r}f" for v in params[_N_HEAD:_N_HEAD + degree + 1])
+    erfc_q = ",".join(f"{float(v)!r}f" for v in cr_math._ERFC_Q)
     consts = dict(A=a, B=b, ALPHA=alpha, BETA=beta, M=m, C=c)
     return ([f"-DBASE={_BASES[base]}", f"-DPOWER={int(power)}", f"-DDEGREE={int(degree)}", f"-DSHARED={int(bool(shared))}",
-             f"-DCOEFS={{{coefs}}}"] + [f"-D{k}=({v!r}f)" for k, v in consts.items()])
+             f"-DCOEFS={{{coefs}}}", f"-DERFC_Q={{{erfc_q}}}"] + [f"-D{k}=({v!r}f)" for k, v in consts.items()])
 
 
 def _arch_flags() -> List[str]:
@@ -145,7 +148,15 @@ def _build(base: str, power: int, degree: int, shared: bool, params: Sequence[fl
     out = cache_dir() / f"eafo_{base}_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(f"{out.parent} is not writable")
+    except OSError:  # a read-only home: a private folder under the temp dir instead
+        out = Path(tempfile.gettempdir()) / f"crrelu_lightning_kernels_{os.getuid()}" / out.name
+        if out.exists():
+            return out
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     errors = []
     for arch in (_arch_flags(), []):  # the native ISA first; portable code if the compiler refuses its flags
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
