@@ -150,3 +150,24 @@ def test_an_unusable_cache_dir_falls_back_to_a_private_temp_folder(tmp_path, mon
     path = eafo_native._build("relu", *m._fit_form)
     assert path.parent.parent == tmp_path / "tmp" and path.exists()
     assert blocker.read_text().startswith("a file")  # nothing overwritten
+
+
+def test_the_fast_path_survives_deepcopy_pickle_dtype_and_table_changes():
+    import copy
+    import pickle
+
+    from crrelu_lightning.activations.eafo_activation import EAFONativeFunction
+
+    m = build_activation("eafo_gelu", impl="compiled")
+    x = torch.randn(64, requires_grad=True)
+    y = m(x)
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == EAFONativeFunction.__name__ + "Backward"
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        torch.testing.assert_close(clone(x), y)
+    m64 = copy.deepcopy(m).double()  # float64: the table path, not the float32 kernel
+    torch.testing.assert_close(m64(x.double()), m.reference(x.double()), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # a new table drops the fast path and its closed form
+        m.set_table(*(t.numpy() for t in (torch.linspace(-1, 7, 1025, dtype=torch.float64),
+                                          torch.zeros(1025, dtype=torch.float64), torch.zeros(1025, dtype=torch.float64))),
+                    (-1.0, 1.0))
+    torch.testing.assert_close(m(x), cr_math.base_forward("gelu", x.detach()), rtol=1e-5, atol=1e-6)

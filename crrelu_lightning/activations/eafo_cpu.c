@@ -126,7 +126,8 @@ static inline __attribute__((always_inline)) int workers(int64_t n, int threads)
     return threads < 1 ? 1 : (chunks < threads ? (int)(chunks > 0 ? chunks : 1) : threads);
 }
 
-void eafo_forward(const float *restrict x, float *restrict y, int64_t n, float eps, int threads) {
+void eafo_forward(const float *restrict x, float *restrict y, int64_t n, const float *eps_at, int threads) {
+    const float eps = *eps_at; /* read here: no Python float conversion of the parameter per call */
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static) num_threads(workers(n, threads))
     for (int64_t c = 0; c < chunks; ++c) {
@@ -147,8 +148,9 @@ void eafo_forward(const float *restrict x, float *restrict y, int64_t n, float e
 }
 
 /* Returns d_eps; writes dx. */
-double eafo_backward(const float *restrict x, const float *restrict dy, float *restrict dx, int64_t n, float eps,
-                     int threads) {
+double eafo_backward(const float *restrict x, const float *restrict dy, float *restrict dx, int64_t n,
+                     const float *eps_at, int threads) {
+    const float eps = *eps_at;
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
     /* Chunk sums on the stack up to 2^25 elements: no heap allocation per call. */
     double local[4096];

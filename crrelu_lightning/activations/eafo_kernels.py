@@ -172,8 +172,8 @@ def _native(which: int, args, base: str, form: FitForm):
     if k is None:
         return None
     if which == 0:
-        return k.forward(args[0], float(eps))
-    dx, deps = k.backward(args[0], args[1], float(eps))
+        return k.forward(args[0], eps)
+    dx, deps = k.backward(args[0], args[1], eps)
     return dx, torch.tensor(deps, dtype=torch.float32)
 
 

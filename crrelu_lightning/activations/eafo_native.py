@@ -51,28 +51,40 @@ def compiler() -> Optional[str]:
 
 
 class NativeKernel:
-    """The built forward and backward of one closed form; ``forward(x, eps)``, ``backward(x, dy, eps)``."""
+    """The built forward and backward of one closed form; ``forward(x, eps)``, ``backward(x, dy, eps)``.
+
+    ``eps``: a float32 CPU tensor (the kernel reads the parameter itself) or a Python number.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         lib = ctypes.CDLL(str(path))
         self._fwd, self._bwd = lib.eafo_forward, lib.eafo_backward
-        ptr, n, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-        self._fwd.argtypes, self._fwd.restype = [ptr, ptr, n, f32, i32], None
-        self._bwd.argtypes, self._bwd.restype = [ptr, ptr, ptr, n, f32, i32], ctypes.c_double
+        ptr, n, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self._fwd.argtypes, self._fwd.restype = [ptr, ptr, n, ptr, i32], None
+        self._bwd.argtypes, self._bwd.restype = [ptr, ptr, ptr, n, ptr, i32], ctypes.c_double
         self._lib = lib  # keeps the library loaded
 
-    def forward(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        x = x.contiguous()
+    def forward(self, x: torch.Tensor, eps) -> torch.Tensor:
+        x, e = x.contiguous(), _eps_tensor(eps)
         y = torch.empty_like(x)
-        self._fwd(x.data_ptr(), y.data_ptr(), x.numel(), eps, torch.get_num_threads())
+        self._fwd(x.data_ptr(), y.data_ptr(), x.numel(), e.data_ptr(), torch.get_num_threads())
         return y
 
-    def backward(self, x: torch.Tensor, dy: torch.Tensor, eps: float) -> Tuple[torch.Tensor, float]:
-        x, dy = x.contiguous(), dy.contiguous()
+    def backward(self, x: torch.Tensor, dy: torch.Tensor, eps) -> Tuple[torch.Tensor, float]:
+        x, dy, e = x.contiguous(), dy.contiguous(), _eps_tensor(eps)
         dx = torch.empty_like(x)
-        deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps, torch.get_num_threads())
+        deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), e.data_ptr(), torch.get_num_threads())
         return dx, deps
+
+
+def _eps_tensor(eps) -> torch.Tensor:
+    if isinstance(eps, torch.Tensor):
+        if eps.dtype != torch.float32 or eps.device.type != "cpu" or eps.numel() != 1:
+            raise ValueError(f"the native EAFO kernel needs a one-element float32 CPU eps, got {eps.dtype} "
+                             f"{tuple(eps.shape)} on {eps.device}")
+        return eps.contiguous()
+    return torch.tensor(float(eps), dtype=torch.float32)
 
 
 def supports(x: torch.Tensor, eps: torch.Tensor) -> bool:
