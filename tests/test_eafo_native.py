@@ -139,6 +139,8 @@ def test_bad_forms_are_refused_with_the_value():
         eafo_native._defines("gelu", 3, 4, False, [0.0] * 11)
     with pytest.raises(ValueError, match="needs 11 parameters, got 5"):
         eafo_native._defines("gelu", 2, 4, False, [0.0] * 5)
+    with pytest.raises(ValueError, match="needs c < 0, got c = 0.5"):
+        eafo_native._defines("gelu", 2, 4, False, [0.0] * 5 + [0.5] + [0.0] * 5)
 
 
 def test_an_unusable_cache_dir_falls_back_to_a_private_temp_folder(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@
  *     h(x) = (x - A)^POWER * exp(C*(x - M)^2) * P(t),  t = ALPHA*x + BETA,  0 outside (A, B)
  *
  * Built by eafo_native.py once per closed form, with the form as -D constants (BASE, POWER, DEGREE, SHARED,
- * A, B, ALPHA, BETA, M, C, COEFS; ERFC_Q from cr_math), so every number is an immediate of the vector code and the Horner loops
+ * A, B, ALPHA, BETA, M, C, COEFS; HALF_ERFC_Q from cr_math), so every number is an immediate of the vector code and the Horner loops
  * unroll. Plain C loops that GCC/Clang vectorise (#pragma omp simd); exp is ours (Cody-Waite reduction, a
  * degree-6 polynomial, the exponent written into the bits), because libm's does not vectorise. Threads: one
  * OpenMP region over fixed chunks; d_eps is summed per chunk, then over chunks in order, so it is the same
@@ -24,11 +24,11 @@
 
 static const float coefs[DEGREE + 1] = COEFS;
 
-/* erfc(z) = t*exp(-z^2)*Q(t), t = 1/(1 + z/2): ERFC_Q is cr_math._ERFC_Q (degree 7, rel. error 3e-6). */
-static const float erfc_q[8] = ERFC_Q;
+/* erfc(z) = t*exp(-z^2)*Q(t), t = 1/(1 + z/2): HALF_ERFC_Q is cr_math._ERFC_Q / 2 (degree 7, rel. error 3e-6). */
+static const float half_erfc_q[8] = HALF_ERFC_Q;
 
-static inline __attribute__((always_inline)) float exp_f(float x) {
-    float v = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x); /* the bit trick needs a normal 2^n */
+/* e^v for v in [-87, 88]: Cody-Waite reduction, degree-6 polynomial, 2^n written into the exponent bits. */
+static inline __attribute__((always_inline)) float exp_core(float v) {
     /* round to nearest by the 1.5*2^23 trick: floorf/rintf calls would stop the loop from vectorising */
     float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = v - n * 0.693145751953125f; /* ln 2 in two parts: r exact to float precision */
@@ -43,10 +43,20 @@ static inline __attribute__((always_inline)) float exp_f(float x) {
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    float e = p * scale;
-    /* Below e^-87 the result is 0 (never a slow denormal), above e^88 it is +inf, as torch's exp would say. */
+    return p * scale;
+}
+
+/* e^x for any x: 0 below e^-87 (never a slow denormal), +inf above e^88, as torch's exp would say. */
+static inline __attribute__((always_inline)) float exp_f(float x) {
+    float e = exp_core(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));
     e = x < -87.0f ? 0.0f : e;
     return x > 88.0f ? __builtin_inff() : e;
+}
+
+/* e^x for x <= 0 (Gaussians): four vector operations fewer than exp_f. */
+static inline __attribute__((always_inline)) float exp_nonpos(float x) {
+    float e = exp_core(x < -87.0f ? -87.0f : x);
+    return x < -87.0f ? 0.0f : e;
 }
 
 typedef struct { float f, df; } fdf;
@@ -59,10 +69,10 @@ static inline __attribute__((always_inline)) fdf base_f(float x, float g) {
 #elif BASE == GELU
     float ax = __builtin_fabsf(x);
     float t = 1.0f / (1.0f + 0.35355339059327373f * ax);
-    float q = erfc_q[7];
+    float q = half_erfc_q[7];
 #pragma GCC unroll 8
-    for (int j = 6; j >= 0; --j) q = q * t + erfc_q[j];
-    float half = 0.5f * t * q * g; /* Phi(-|x|) */
+    for (int j = 6; j >= 0; --j) q = q * t + half_erfc_q[j];
+    float half = t * q * g; /* Phi(-|x|) */
     float cdf = x < 0.0f ? half : 1.0f - half;
     return (fdf){x * cdf, cdf + x * g * 0.3989422804014327f};
 #elif BASE == SILU
@@ -82,7 +92,7 @@ static inline __attribute__((always_inline)) fdf base_f(float x, float g) {
 /* exp(-x^2/2): GELU's, and the envelope where it is the standard one (SHARED) */
 static inline __attribute__((always_inline)) float gauss(float x) {
 #if BASE == GELU || SHARED
-    return exp_f(-0.5f * x * x);
+    return exp_nonpos(-0.5f * x * x);
 #else
     (void)x;
     return 0.0f;
@@ -96,7 +106,7 @@ static inline __attribute__((always_inline)) float envelope(float x, float g) {
 #else
     (void)g;
     float d = x - (M);
-    return exp_f((C) * d * d);
+    return exp_nonpos((C) * d * d); /* C < 0 */
 #endif
 }
 

@@ -122,11 +122,13 @@ def _defines(base: str, power: int, degree: int, shared: bool, params: Sequence[
     if len(params) < _N_HEAD + degree + 1:
         raise ValueError(f"closed form of degree {degree} needs {_N_HEAD + degree + 1} parameters, got {len(params)}")
     a, b, alpha, beta, m, c = (float(v) for v in params[:_N_HEAD])
+    if not c < 0:
+        raise ValueError(f"closed-form envelope exp(c·(x − m)²) needs c < 0, got c = {c!r}")
     coefs = ",".join(f"{float(v)!r}f" for v in params[_N_HEAD:_N_HEAD + degree + 1])
-    erfc_q = ",".join(f"{float(v)!r}f" for v in cr_math._ERFC_Q)
+    half_q = ",".join(f"{0.5 * float(v)!r}f" for v in cr_math._ERFC_Q)  # ½ folded in: one multiply fewer
     consts = dict(A=a, B=b, ALPHA=alpha, BETA=beta, M=m, C=c)
     return ([f"-DBASE={_BASES[base]}", f"-DPOWER={int(power)}", f"-DDEGREE={int(degree)}", f"-DSHARED={int(bool(shared))}",
-             f"-DCOEFS={{{coefs}}}", f"-DERFC_Q={{{erfc_q}}}"] + [f"-D{k}=({v!r}f)" for k, v in consts.items()])
+             f"-DCOEFS={{{coefs}}}", f"-DHALF_ERFC_Q={{{half_q}}}"] + [f"-D{k}=({v!r}f)" for k, v in consts.items()])
 
 
 def _arch_flags() -> List[str]:
