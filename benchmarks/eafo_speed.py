@@ -2,6 +2,7 @@
 
     python benchmarks/eafo_speed.py --threads 2                 # both tables (Markdown)
     python benchmarks/eafo_speed.py --part kernel --numel 4194304
+    python benchmarks/eafo_speed.py --part step --processes 5 --repeats 30   # mean over 5 processes
 
 1. Kernel: ``act(x).backward(dy)`` on a leaf x of ``--numel`` float32 values, for GELU (torch), ``eafo_gelu``
    (fused bodies compiled by Inductor, and eager), CR-GELU, SiLU and ``eafo_silu``.
@@ -86,7 +87,7 @@ def kernel_table(args) -> str:
     return f"Kernel: {args.numel} float32 values, fwd+bwd\n\n" + "\n".join(rows)
 
 
-def step_table(args) -> str:
+def step_table(args) -> Tuple[str, Dict[str, Tuple[float, float, float]]]:
     import timm
 
     import crrelu_lightning.models.presets  # noqa: F401  (registers vit_fmnist)
@@ -111,12 +112,47 @@ def step_table(args) -> str:
             fns[f"{label}|{mode}"] = step
     times = round_robin(fns, args.warmup, args.repeats)
     rows = ["| activation | mode | step ms (median) | × GELU, same round (median) | 95 % interval |", "|---|---|---|---|---|"]
+    ratios = {}
     for mode in args.modes:
         for label in STEP_CASES:
             k = f"{label}|{mode}"
             r, lo, hi = ratio_interval(times[k], times[f"gelu|{mode}"])
+            if label != "gelu":
+                ratios[mode] = (r, lo, hi)
             rows.append(f"| {label} | {mode} | {statistics.median(times[k]) * 1e3:.1f} | {r:.3f} | [{lo:.3f}, {hi:.3f}] |")
-    return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, AdamW, float32)\n\n" + "\n".join(rows)
+    return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, AdamW, float32)\n\n" + "\n".join(rows), ratios
+
+
+def step_runs(args) -> str:
+    """The step table in ``--processes`` separate processes (one after another): the VM's speed drifts
+    between processes more than within one, so the mean over processes gets a t-interval across them."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", "step", "--processes", "1", "--json",
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--batch-size", str(args.batch_size), "--modes", *args.modes]
+    runs = []
+    for i in range(args.processes):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"process {i + 1}/{args.processes}: " + ", ".join(f"{m} {runs[-1][m][0]:.3f}" for m in args.modes),
+              flush=True)
+    head = "| mode | " + " | ".join(f"process {i + 1}" for i in range(len(runs))) + " | mean | 95 % t-interval |"
+    rows = [head, "|" + "---|" * (len(runs) + 3)]
+    for mode in args.modes:
+        meds = np.array([run[mode][0] for run in runs])
+        half = _t975(len(meds) - 1) * meds.std(ddof=1) / np.sqrt(len(meds)) if len(meds) > 1 else float("nan")
+        cells = " | ".join(f"{r[mode][0]:.3f} [{r[mode][1]:.3f}, {r[mode][2]:.3f}]" for r in runs)
+        rows.append(f"| {mode} | {cells} | {meds.mean():.3f} | [{meds.mean() - half:.3f}, {meds.mean() + half:.3f}] |")
+    return (f"eafo_gelu / gelu, demo ViT train step: per process the median per-round ratio [95 % bootstrap], "
+            f"{args.repeats} rounds each\n\n" + "\n".join(rows))
+
+
+def _t975(dof: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, dof))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,7 +164,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    return p.parse_args(argv)
+    p.add_argument("--processes", type=int, default=1, help="step table in N separate processes, then their mean")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child of --processes
+    args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -140,7 +181,16 @@ def main(argv=None) -> None:
     if args.part in ("kernel", "both"):
         print(kernel_table(args) + "\n")
     if args.part in ("step", "both"):
-        print(step_table(args))
+        if args.processes > 1:
+            print(step_runs(args))
+        else:
+            table, ratios = step_table(args)
+            print(table)
+            if args.json:
+                import json
+
+                print(json.dumps(ratios))
+                return
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 
