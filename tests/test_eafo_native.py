@@ -173,3 +173,18 @@ def test_the_fast_path_survives_deepcopy_pickle_dtype_and_table_changes():
                                           torch.zeros(1025, dtype=torch.float64), torch.zeros(1025, dtype=torch.float64))),
                     (-1.0, 1.0))
     torch.testing.assert_close(m(x), cr_math.base_forward("gelu", x.detach()), rtol=1e-5, atol=1e-6)
+
+
+def test_the_fast_path_takes_non_contiguous_inputs_and_frozen_eps():
+    m = build_activation("eafo_silu", impl="compiled", learnable=False)
+    base = torch.randn(33, 20, requires_grad=True)
+    x = base.t()  # not contiguous
+    m(x.detach())  # resolves the fast path
+    y = m(x)
+    dy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, base, dy)
+    ry = m.reference(x)
+    (rx,) = torch.autograd.grad(ry, base, dy)
+    torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+    assert m.eps.grad is None

@@ -73,25 +73,25 @@ class EAFOFitFunction(torch.autograd.Function):
 
 
 class EAFONativeFunction(torch.autograd.Function):
-    """The closed form's native CPU kernel (``eafo_native``) for float32 x and ε; saves x (and ε).
+    """The closed form's native CPU kernel (``eafo_native``) for contiguous float32 x and a float32 ε; saves x.
 
-    The shortest path from the module to the kernel: in a training step the Python between two large kernels
-    runs with cold caches, and the general dispatch (``EAFOFitFunction`` → ``eafo_kernels.run``) cost
-    ≈ 0.2 ms per call there, 0.7 % of the demo step for its four activations.
+    The shortest path from the module to the kernel (the module checked dtype, device and layout): in a training
+    step the Python between two large kernels runs with cold caches, and the general dispatch
+    (``EAFOFitFunction`` → ``eafo_kernels.run``) cost ≈ 0.2 ms per call there.
     """
 
     @staticmethod
     def forward(ctx, x, eps, kernel: eafo_native.NativeKernel):
         ctx.save_for_backward(x, eps)
         ctx.kernel = kernel
-        return kernel.forward(x, eps)
+        return kernel.forward_unchecked(x, eps)
 
     @staticmethod
     def backward(ctx, dy):
         x, eps = ctx.saved_tensors
-        dx, deps = ctx.kernel.backward(x, dy, eps)
+        dx, deps = ctx.kernel.backward_unchecked(x, dy.contiguous(), eps)
         return (dx if ctx.needs_input_grad[0] else None,
-                torch.tensor(deps, dtype=eps.dtype) if ctx.needs_input_grad[1] else None, None)
+                torch.tensor(deps, dtype=torch.float32) if ctx.needs_input_grad[1] else None, None)
 
 
 class _GenericEAFOFunction(torch.autograd.Function):
@@ -275,9 +275,10 @@ class EAFOActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         native = self._native
-        if (native is not None and x.is_cpu and x.dtype is torch.float32 and self.eps.dtype is torch.float32
+        eps = self.eps
+        if (native is not None and x.dtype is torch.float32 and eps.dtype is torch.float32 and x.is_cpu
                 and native[1] == self.impl and native[2] == self.form and not torch.compiler.is_compiling()):
-            return EAFONativeFunction.apply(x, self.eps, native[0])
+            return EAFONativeFunction.apply(x if x.is_contiguous() else x.contiguous(), eps, native[0])
         impl = self._resolve(x.device)
         if impl == "reference" or (self._generic is not None and torch.compiler.is_compiling()):
             return self.reference(x)
@@ -288,7 +289,7 @@ class EAFOActivation(nn.Module):
                 kernel = eafo_native.kernel(self.base, *self._fit_form)
                 if kernel is not None:
                     self._native = (kernel, self.impl, self.form)
-                    return EAFONativeFunction.apply(x, self.eps, kernel)
+                    return EAFONativeFunction.apply(x.contiguous(), self.eps, kernel)
             return EAFOFitFunction.apply(x, self.eps, self.base, self._fit_form, impl == "compiled")
         return EAFOFunction.apply(x, self.eps, self._coef, self._grid, self.base, impl == "compiled")
 

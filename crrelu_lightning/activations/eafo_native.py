@@ -66,15 +66,20 @@ class NativeKernel:
         self._lib = lib  # keeps the library loaded
 
     def forward(self, x: torch.Tensor, eps) -> torch.Tensor:
-        x, e = x.contiguous(), _eps_tensor(eps)
-        y = torch.empty_like(x)
-        self._fwd(x.data_ptr(), y.data_ptr(), x.numel(), e.data_ptr(), torch.get_num_threads())
-        return y
+        return self.forward_unchecked(x.contiguous(), _eps_tensor(eps))
 
     def backward(self, x: torch.Tensor, dy: torch.Tensor, eps) -> Tuple[torch.Tensor, float]:
-        x, dy, e = x.contiguous(), dy.contiguous(), _eps_tensor(eps)
+        return self.backward_unchecked(x.contiguous(), dy.contiguous(), _eps_tensor(eps))
+
+    # For callers that guarantee contiguous float32 CPU x (and dy) and a one-element float32 CPU eps.
+    def forward_unchecked(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        self._fwd(x.data_ptr(), y.data_ptr(), x.numel(), eps.data_ptr(), torch.get_num_threads())
+        return y
+
+    def backward_unchecked(self, x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, float]:
         dx = torch.empty_like(x)
-        deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), e.data_ptr(), torch.get_num_threads())
+        deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps.data_ptr(), torch.get_num_threads())
         return dx, deps
 
 
