@@ -53,12 +53,13 @@ _torch_compile = torch.compile  # indirection so tests can simulate a broken com
 INDUCTOR_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast", "cpp.dynamic_threads": True}
 
 
-def _env_flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to 1/true/yes/on."""
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def compile_enabled() -> bool:
-    return not _env_flag("CRRELU_DISABLE_COMPILE")
+    return not env_flag("CRRELU_DISABLE_COMPILE")
 
 
 def reset_caches() -> None:
@@ -114,7 +115,7 @@ def _disable_compile(device_type: str, err: BaseException) -> None:
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    if _triton_failed or x.device.type != "cuda" or _env_flag("CRRELU_DISABLE_TRITON"):
+    if _triton_failed or x.device.type != "cuda" or env_flag("CRRELU_DISABLE_TRITON"):
         return False
     from crrelu_lightning.activations import cr_triton
 

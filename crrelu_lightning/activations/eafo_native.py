@@ -1,7 +1,8 @@
 """Native CPU kernels of the EAFO closed form: ``eafo_cpu.c`` built per form by the system C compiler (ctypes).
 
 Why not Inductor here: at the demo's layer size the Inductor-compiled bodies took 2.8× ATen's GELU forward and
-each call paid ~80 µs of Dynamo guard checks, together 7.5 % of a demo train step (docs/eafo_general.md §5).
+each call paid ~80 µs of Dynamo guard checks; with them the eager demo step took 1.06–1.075× GELU's
+(docs/eafo_general.md §5).
 The C kernel holds the closed form's numbers as compile-time constants, vectorises with the machine's own
 instruction set (``-march=native``) and is called through ctypes (~2 µs).
 
@@ -26,18 +27,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from crrelu_lightning.activations import cr_math
+from crrelu_lightning.activations import cr_kernels, cr_math
+from crrelu_lightning.activations.eafo_fit import N_HEAD as _N_HEAD  # params = [a, b, α, β, m, c, p_0 … p_degree]
 
 _SOURCE = Path(__file__).with_name("eafo_cpu.c")
 _BASES = {"relu": 0, "gelu": 1, "silu": 2, "mish": 3}
-_N_HEAD = 6  # params = [a, b, α, β, m, c, p_0 … p_degree] (eafo_fit.N_HEAD)
 _lock = threading.Lock()
 _kernels: Dict[Tuple, Optional["NativeKernel"]] = {}
 _failed: List[str] = []  # the first build error; later forms are not tried
 
 
 def enabled() -> bool:
-    return os.environ.get("CRRELU_DISABLE_NATIVE", "0").strip().lower() not in ("1", "true", "yes", "on")
+    return not cr_kernels.env_flag("CRRELU_DISABLE_NATIVE")
 
 
 def cache_dir() -> Path:
@@ -180,13 +181,16 @@ def _build(base: str, power: int, degree: int, shared: bool, params: Sequence[fl
     for arch in (_arch_flags(), []):  # the native ISA first; portable code if the compiler refuses its flags
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
-        cmd = [cc, *common, *arch, *defines, str(_SOURCE), "-o", tmp, "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            os.replace(tmp, out)  # atomic: a concurrent process sees the whole library or none
-            return out
-        os.unlink(tmp)
-        errors.append(proc.stderr.strip()[-400:])
+        try:
+            proc = subprocess.run([cc, *common, *arch, *defines, str(_SOURCE), "-o", tmp, "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                os.replace(tmp, out)  # atomic: a concurrent process sees the whole library or none
+                return out
+            errors.append(proc.stderr.strip()[-400:])
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     raise RuntimeError(f"{cc} failed to build {_SOURCE.name}: {errors[-1]}")
 
 
