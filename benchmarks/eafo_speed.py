@@ -6,18 +6,21 @@
 
 1. Kernel: ``act(x).backward(dy)`` on a leaf x of ``--numel`` float32 values, for GELU (torch), ``eafo_gelu``
    (fused bodies compiled by Inductor, and eager), CR-GELU, SiLU and ``eafo_silu``.
-2. Train step: the demo model (``vit_fmnist``, batch 256, AdamW, random data) with GELU and with ``eafo_gelu``
-   in all MLP blocks, eager and with the whole network compiled (``model.compile()``).
+2. Train step: the demo model (``vit_fmnist``, batch 256, random data, the demo's optimizer: ``configs/demo.yaml``'s
+   AdamW over ``param_groups``) with GELU and with ``eafo_gelu`` in all MLP blocks, eager and with the whole
+   network compiled (``model.compile()``).
 
-Every case is timed round-robin (one step of each in turn, ``--repeats`` rounds after ``--warmup``), so background
-load hits all cases alike; the tables give medians and ratios to the base measured in the same rounds (for the
-step: the median of the per-round ratios with a 95 % bootstrap interval over rounds).
+Every case is timed in rounds (one step of each per round, ``--repeats`` rounds after ``--warmup``), so background
+load hits all cases alike; the order within a round is shuffled (seeded), so no case always runs right after the
+same other one. The tables give medians and ratios to the base measured in the same rounds (for the step: the
+median of the per-round ratios with a 95 % bootstrap interval over rounds).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -42,20 +45,37 @@ KERNEL_CASES = {  # label -> (registry name, kwargs)
     "eafo_silu (table)": ("eafo_silu", {"impl": "compiled", "form": "table"}),
 }
 STEP_CASES = {"gelu": ("gelu", {}), "eafo_gelu": ("eafo_gelu", {})}
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
 
 
-def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int) -> Dict[str, List[float]]:
-    """Seconds per call of each function in each round, timed one call of each in turn."""
+def round_robin(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int, seed: int = 0) -> Dict[str, List[float]]:
+    """Seconds per call of each function in each round: one call of each per round, in a shuffled order."""
     for fn in fns.values():  # first calls compile; not timed
         fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(seed)
     for r in range(warmup + repeats):
-        for k, fn in fns.items():
+        rng.shuffle(order)  # a fixed order would give each case the same predecessor (its caches, its threads)
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             if r >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return times
+
+
+def demo_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer the demo trains with: ``configs/demo.yaml``'s class and init_args over ``param_groups``."""
+    import importlib
+
+    import yaml
+
+    from crrelu_lightning.models.optim import param_groups
+
+    with open(DEMO_CONFIG) as fh:
+        cfg = yaml.safe_load(fh)["optimizer"]
+    module, _, name = cfg["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(param_groups(model), **cfg.get("init_args", {}))
 
 
 def ratio_interval(num: List[float], den: List[float], n_boot: int = 2000) -> Tuple[float, float, float]:
@@ -102,7 +122,7 @@ def step_table(args) -> Tuple[str, Dict[str, Tuple[float, float, float]]]:
             model = timm.create_model("vit_fmnist", act_layer=get_activation(name, **kw))
             if mode == "compiled":
                 model.compile()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            opt = demo_optimizer(model)
 
             def step(model=model, opt=opt):
                 F.cross_entropy(model(xb), yb).backward()
@@ -120,7 +140,7 @@ def step_table(args) -> Tuple[str, Dict[str, Tuple[float, float, float]]]:
             if label != "gelu":
                 ratios[mode] = (r, lo, hi)
             rows.append(f"| {label} | {mode} | {statistics.median(times[k]) * 1e3:.1f} | {r:.3f} | [{lo:.3f}, {hi:.3f}] |")
-    return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, AdamW, float32)\n\n" + "\n".join(rows), ratios
+    return f"Demo ViT train step (vit_fmnist, batch {args.batch_size}, the demo's AdamW, float32)\n\n" + "\n".join(rows), ratios
 
 
 def step_runs(args) -> str:

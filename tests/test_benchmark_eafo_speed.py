@@ -37,3 +37,35 @@ def test_processes_must_be_positive(capsys):
     except SystemExit as err:
         assert err.code == 2
     assert "--processes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_rounds_call_every_case_once_per_round_in_shuffled_orders():
+    bench = _load()
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
+    times = bench.round_robin(fns, warmup=2, repeats=6)
+    assert {k: len(v) for k, v in times.items()} == {k: 6 for k in "abcd"}  # warm-up rounds are not timed
+    first, rounds = calls[:4], [calls[4 + 4 * r: 8 + 4 * r] for r in range(8)]
+    assert first == list("abcd") and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # not one fixed order
+
+
+def test_step_optimizer_is_the_demo_configs():
+    import timm
+    import torch
+    import yaml
+
+    import crrelu_lightning.models.presets  # noqa: F401
+    from crrelu_lightning.activations import get_activation
+
+    bench = _load()
+    with open(bench.DEMO_CONFIG) as fh:
+        init = yaml.safe_load(fh)["optimizer"]["init_args"]
+    model = timm.create_model("vit_fmnist", act_layer=get_activation("eafo_gelu"))
+    opt = bench.demo_optimizer(model)
+    assert type(opt).__name__ == "AdamW" and all(g["lr"] == init["lr"] for g in opt.param_groups)
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    eps = [p for n, p in model.named_parameters() if n.endswith(".act.eps")]
+    assert len(eps) == 4 and all(decays[id(p)] == 0.0 for p in eps)  # ε is never decayed, as in the demo
+    assert decays[id(model.blocks[0].mlp.fc1.weight)] == init["weight_decay"]
+    assert len(decays) == sum(1 for _ in model.parameters())

@@ -27,10 +27,12 @@ static const float coefs[DEGREE + 1] = COEFS;
 /* erfc(z) = t*exp(-z^2)*Q(t), t = 1/(1 + z/2): HALF_ERFC_Q is cr_math._ERFC_Q / 2 (degree 7, rel. error 3e-6). */
 static const float half_erfc_q[8] = HALF_ERFC_Q;
 
-/* e^v for v in [-87, 88]: Cody-Waite reduction, degree-6 polynomial, 2^n written into the exponent bits. */
+/* e^v for v in [-87, 88]: Cody-Waite reduction, degree-6 polynomial, 2^n shifted into the exponent bits. */
 static inline __attribute__((always_inline)) float exp_core(float v) {
-    /* round to nearest by the 1.5*2^23 trick: floorf/rintf calls would stop the loop from vectorising */
-    float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    /* round to nearest by the 1.5*2^23 trick (floorf/rintf calls would stop the loop from vectorising); the
+     * magic number carries the exponent bias 127, so k's low mantissa bits are already 127 + n */
+    float k = v * 1.44269504088896341f + 12583039.0f; /* 1.5*2^23 + 127 */
+    float n = k - 12583039.0f;
     float r = v - n * 0.693145751953125f; /* ln 2 in two parts: r exact to float precision */
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.0f / 720.0f;
@@ -40,7 +42,9 @@ static inline __attribute__((always_inline)) float exp_core(float v) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits;
+    memcpy(&bits, &k, sizeof bits);
+    bits <<= 23; /* 2^n: 127 + n in [1, 254] for v in [-87, 88] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -164,7 +164,8 @@ def _build(base: str, power: int, degree: int, shared: bool, params: Sequence[fl
     defines = _defines(base, power, degree, shared, params)
     common = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=gnu11", "-fno-trapping-math"]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([source, cc, version, _cpu_signature(), *defines, *common]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([source, cc, version, _cpu_signature(), *defines, *common, *_arch_flags()])
+                         .encode()).hexdigest()[:24]
     out = cache_dir() / f"eafo_{base}_{key}.so"
     if out.exists():
         return out
