@@ -188,3 +188,15 @@ def test_the_fast_path_takes_non_contiguous_inputs_and_frozen_eps():
     torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
     assert m.eps.grad is None
+
+
+def test_unchecked_backward_writes_deps_into_a_float32_tensor_shaped_like_eps():
+    _, k = _kernel("gelu")
+    g = torch.Generator().manual_seed(3)
+    x, dy = torch.randn(50_001, generator=g), torch.randn(50_001, generator=g)
+    for eps in (torch.tensor(0.3), torch.tensor([0.3])):
+        dx1, d1 = k.backward(x, dy, eps)  # dε summed in double, as a Python float
+        dx2, d2 = k.backward_unchecked(x, dy, eps)
+        assert torch.equal(dx1, dx2)
+        assert d2.shape == eps.shape and d2.dtype == torch.float32
+        assert d2.item() == torch.tensor(d1, dtype=torch.float32).item()  # the same sum, rounded once

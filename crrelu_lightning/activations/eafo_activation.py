@@ -89,9 +89,8 @@ class EAFONativeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, eps = ctx.saved_tensors
-        dx, deps = ctx.kernel.backward_unchecked(x, dy.contiguous(), eps)
-        return (dx if ctx.needs_input_grad[0] else None,
-                torch.tensor(deps, dtype=torch.float32) if ctx.needs_input_grad[1] else None, None)
+        dx, deps = ctx.kernel.backward_unchecked(x, dy if dy.is_contiguous() else dy.contiguous(), eps)
+        return dx if ctx.needs_input_grad[0] else None, deps if ctx.needs_input_grad[1] else None, None
 
 
 class _GenericEAFOFunction(torch.autograd.Function):

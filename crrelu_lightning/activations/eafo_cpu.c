@@ -161,15 +161,19 @@ void eafo_forward(const float *restrict x, float *restrict y, int64_t n, const f
     }
 }
 
-/* Returns d_eps; writes dx. */
+/* Writes dx and, where deps_out is not NULL, d_eps as float32 (the caller's tensor: no Python float, no tensor
+ * built after the call, when the caches are cold); returns d_eps in double. */
 double eafo_backward(const float *restrict x, const float *restrict dy, float *restrict dx, int64_t n,
-                     const float *eps_at, int threads) {
+                     const float *eps_at, int threads, float *deps_out) {
     const float eps = *eps_at;
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
     /* Chunk sums on the stack up to 2^25 elements: no heap allocation per call. */
     double local[4096];
     double *sums = chunks <= 4096 ? local : (double *)malloc((size_t)chunks * sizeof(double));
-    if (sums == NULL) return __builtin_nan("");
+    if (sums == NULL) {
+        if (deps_out != NULL) *deps_out = __builtin_nanf("");
+        return __builtin_nan("");
+    }
 #pragma omp parallel for schedule(static) num_threads(workers(n, threads))
     for (int64_t c = 0; c < chunks; ++c) {
         int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
@@ -201,5 +205,6 @@ double eafo_backward(const float *restrict x, const float *restrict dy, float *r
     double total = 0.0;
     for (int64_t c = 0; c < chunks; ++c) total += sums[c];
     if (sums != local) free(sums);
+    if (deps_out != NULL) *deps_out = (float)total;
     return total;
 }
