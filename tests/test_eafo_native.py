@@ -200,3 +200,25 @@ def test_unchecked_backward_writes_deps_into_a_float32_tensor_shaped_like_eps():
         assert torch.equal(dx1, dx2)
         assert d2.shape == eps.shape and d2.dtype == torch.float32
         assert d2.item() == torch.tensor(d1, dtype=torch.float32).item()  # the same sum, rounded once
+
+
+def test_the_general_dispatch_reaches_the_native_kernel_with_a_0d_deps(monkeypatch):
+    """``EAFOFitFunction`` (the path of the custom ops under an outer torch.compile) → ``eafo_kernels._native``."""
+    from crrelu_lightning.activations.eafo_activation import EAFOFitFunction
+
+    m, k = _kernel("silu")
+    calls = []
+    unchecked = eafo_native.NativeKernel.backward_unchecked
+    monkeypatch.setattr(eafo_native.NativeKernel, "backward_unchecked",
+                        lambda self, *a: calls.append(1) or unchecked(self, *a))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 1000, generator=g, requires_grad=True)
+    eps = torch.tensor([0.4], requires_grad=True)  # one element, not 0-d: dε must come back in its shape
+    y = EAFOFitFunction.apply(x, eps, m.base, m._fit_form, True)
+    dy = torch.randn(3, 1000, generator=g)
+    gx, ge = torch.autograd.grad(y, (x, eps), dy)
+    ry, rdx, rdeps, _ = _reference("silu", m._fit_form, x.detach().reshape(-1), dy.reshape(-1), 0.4)
+    torch.testing.assert_close(y.detach().double().reshape(-1), ry, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx.double().reshape(-1), rdx, rtol=1e-4, atol=1e-4)
+    assert ge.shape == eps.shape and math.isclose(ge.item(), rdeps, rel_tol=1e-5, abs_tol=1e-3)
+    assert calls == [1]  # the native kernel ran the backward

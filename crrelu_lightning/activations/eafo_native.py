@@ -67,11 +67,11 @@ class NativeKernel:
         self._lib = lib  # keeps the library loaded
 
     def forward(self, x: torch.Tensor, eps) -> torch.Tensor:
-        return self.forward_unchecked(x.contiguous(), _eps_tensor(eps))
+        return self.forward_unchecked(x.contiguous(), eps_tensor(eps))
 
     def backward(self, x: torch.Tensor, dy: torch.Tensor, eps) -> Tuple[torch.Tensor, float]:
         """dx and dε (a Python float, summed in double)."""
-        x, dy, eps_t = x.contiguous(), dy.contiguous(), _eps_tensor(eps)  # named: alive during the call
+        x, dy, eps_t = x.contiguous(), dy.contiguous(), eps_tensor(eps)  # named: alive during the call
         dx = torch.empty_like(x)
         deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps_t.data_ptr(),
                          torch.get_num_threads(), None)
@@ -92,7 +92,8 @@ class NativeKernel:
         return dx, deps
 
 
-def _eps_tensor(eps) -> torch.Tensor:
+def eps_tensor(eps) -> torch.Tensor:
+    """ε as the one-element float32 CPU tensor the kernel reads (a number becomes one); other tensors are refused."""
     if isinstance(eps, torch.Tensor):
         if eps.dtype != torch.float32 or eps.device.type != "cpu" or eps.numel() != 1:
             raise ValueError(f"the native EAFO kernel needs a one-element float32 CPU eps, got {eps.dtype} "
