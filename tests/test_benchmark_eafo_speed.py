@@ -1,4 +1,5 @@
-"""benchmarks/eafo_speed.py: the multi-process step table aggregates what its children measured."""
+"""benchmarks/eafo_speed.py (the multi-process step table aggregates what its children measured; the rounds and
+the optimizer) and benchmarks/after_kernel_latency.py (its table)."""
 import importlib.util
 import os
 import re
@@ -7,9 +8,9 @@ import numpy as np
 from scipy import stats
 
 
-def _load():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "eafo_speed.py")
-    spec = importlib.util.spec_from_file_location("eafo_speed", path)
+def _load(name="eafo_speed"):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -69,3 +70,11 @@ def test_step_optimizer_is_the_demo_configs():
     assert len(eps) == 4 and all(decays[id(p)] == 0.0 for p in eps)  # ε is never decayed, as in the demo
     assert decays[id(model.blocks[0].mlp.fc1.weight)] == init["weight_decay"]
     assert len(decays) == sum(1 for _ in model.parameters())
+
+
+def test_after_kernel_latency_prints_a_row_per_preceding_call(capsys):
+    _load("after_kernel_latency").main(["--repeats", "3", "--numel", "4096", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "µs" not in line]
+    labels = [r.split("|")[1].strip() for r in rows]
+    assert labels[:4] == ["nothing", "a tiny op (torch.empty(16))", "ATen GELU forward", "ATen GELU backward"]
+    assert all(float(c) > 0 for r in rows for c in r.strip("|").split("|")[1:])

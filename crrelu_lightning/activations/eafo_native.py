@@ -7,7 +7,7 @@ The C kernel holds the closed form's numbers as compile-time constants, vectoris
 instruction set (``-march=native``) and is called through ctypes (~2 µs).
 
 A kernel is built once per (base, closed form) into ``$CRRELU_CACHE_DIR`` (default
-``~/.cache/crrelu_lightning/kernels``), keyed by the source, the form, the compiler and the CPU, so a later
+``~/.cache/crrelu_lightning/kernels``), keyed by the source, the form, the compiler, its flags and the CPU, so a later
 process loads it without compiling. Only float32 inputs with a float32 ε on the CPU use it; everything else,
 a missing compiler (one warning) and ``CRRELU_DISABLE_NATIVE=1`` keep the Inductor/eager bodies.
 """
