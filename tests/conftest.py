@@ -14,4 +14,8 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    # A test (or a benchmark's main) that changed the thread count must not leak it: float32 reductions split
+    # by thread, and the exact-resume tests compare an in-process run with a subprocess's bit for bit.
+    torch.set_num_threads(threads)
