@@ -14,6 +14,11 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
     threads = torch.get_num_threads()
     yield
     # A test (or a benchmark's main) that changed the thread count must not leak it: float32 reductions split

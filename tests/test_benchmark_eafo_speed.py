@@ -73,13 +73,7 @@ def test_step_optimizer_is_the_demo_configs():
 
 
 def test_after_kernel_latency_prints_a_row_per_preceding_call(capsys):
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        _load("after_kernel_latency").main(["--repeats", "3", "--numel", "4096", "--threads", "1"])
-    finally:  # main() sets the process's thread count; later tests compare runs against subprocesses
-        torch.set_num_threads(threads)
+    _load("after_kernel_latency").main(["--repeats", "3", "--numel", "4096", "--threads", "1"])  # conftest restores
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "µs" not in line]
     labels = [r.split("|")[1].strip() for r in rows]
     assert labels[:4] == ["nothing", "a tiny op (torch.empty(16))", "ATen GELU forward", "ATen GELU backward"]

@@ -71,11 +71,7 @@ class NativeKernel:
 
     def backward(self, x: torch.Tensor, dy: torch.Tensor, eps) -> Tuple[torch.Tensor, float]:
         """dx and dε (a Python float, summed in double)."""
-        x, dy, eps_t = x.contiguous(), dy.contiguous(), eps_tensor(eps)  # named: alive during the call
-        dx = torch.empty_like(x)
-        deps = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps_t.data_ptr(),
-                         torch.get_num_threads(), None)
-        return dx, deps
+        return self._backward(x.contiguous(), dy.contiguous(), eps_tensor(eps), None)
 
     # For callers that guarantee contiguous float32 CPU x (and dy) and a one-element float32 CPU eps.
     def forward_unchecked(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -86,10 +82,15 @@ class NativeKernel:
     def backward_unchecked(self, x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """dx and dε as a float32 tensor shaped like ``eps``, which the kernel writes: both outputs are allocated
         before the call, because after a large kernel the caches are cold and any tensor op costs ≈ 50 µs."""
-        dx, deps = torch.empty_like(x), torch.empty_like(eps)
-        self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps.data_ptr(), torch.get_num_threads(),
-                  deps.data_ptr())
-        return dx, deps
+        deps = torch.empty_like(eps)
+        return self._backward(x, dy, eps, deps)[0], deps
+
+    def _backward(self, x: torch.Tensor, dy: torch.Tensor, eps: torch.Tensor,
+                  deps: Optional[torch.Tensor]) -> Tuple[torch.Tensor, float]:
+        dx = torch.empty_like(x)
+        total = self._bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), eps.data_ptr(),
+                          torch.get_num_threads(), None if deps is None else deps.data_ptr())
+        return dx, total
 
 
 def eps_tensor(eps) -> torch.Tensor:
